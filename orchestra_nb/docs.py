@@ -54,7 +54,7 @@ def _new_id() -> str:
 class Doc(BaseModel):
     """A document. Subclass it to declare a typed schema for an endpoint."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=False)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="allow")
 
     id: str = Field(default_factory=_new_id)
     text: str | None = None

@@ -1,0 +1,248 @@
+"""Client: talk to a Deployment's or Flow's gateway over gRPC (or HTTP).
+
+`AsyncClient` is the core; `Client` is its sync facade over a loop thread (DESIGN.md decision 2), so
+`Client.post` works in a script and in a notebook cell alike, and `await client.post_async(...)` works
+on any loop. Inputs are split into requests of `request_size` docs; up to `prefetch` of them are in
+flight at once and the answers come back in input order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel
+
+from orchestra_nb.docs import Doc, DocList
+from orchestra_nb.errors import BadRequestError, ExecutorError, LifecycleError, TransportError
+
+__all__ = ["AsyncClient", "Client"]
+
+DEFAULT_MAX_MESSAGE = 512 * 1024 * 1024
+
+
+def _batches(inputs: Any, size: int) -> Iterator[list[Any]]:
+    if inputs is None:
+        yield []
+        return
+    if isinstance(inputs, BaseModel):
+        inputs = [inputs]
+    it = iter(inputs)
+    while True:
+        batch = list(itertools.islice(it, size))
+        if not batch:
+            return
+        yield batch
+
+
+def raise_for_header(header: Any) -> None:
+    """Turn an error status in a reply header into the matching exception."""
+    from orchestra_nb.runtime.worker import STATUS_BAD_REQUEST, STATUS_ERROR, STATUS_OK
+
+    if header.status == STATUS_OK:
+        return
+    err = header.error
+    if header.status == STATUS_ERROR:
+        raise ExecutorError(err.message, executor=err.executor, endpoint=err.endpoint, exc_type=err.type,
+                            remote_traceback=err.traceback)
+    if header.status == STATUS_BAD_REQUEST:
+        where = f"executor {err.executor!r}, endpoint {err.endpoint!r}: " if err.executor else ""
+        raise BadRequestError(f"{where}{err.type}: {err.message}")
+    raise TransportError(err.message or "the request could not be served")
+
+
+class AsyncClient:
+    """Async client for one gateway address."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, protocol: str = "grpc", *,
+                 token: str | None = None, tls: bool = False,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        if port is None:
+            raise ValueError("Client needs a port: Client(port=...) or use flow.post(...) directly")
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        self.host, self.port, self.protocol = host, port, protocol
+        self.token = token
+        self.tls = tls
+        self.max_message_size = max_message_size
+        self._channel: Any = None
+        self._call: Any = None
+        self._http: Any = None
+
+    def _metadata(self) -> list[tuple[str, str]] | None:
+        return [("authorization", f"Bearer {self.token}")] if self.token else None
+
+    def _ensure(self) -> None:
+        if self.protocol == "grpc" and self._channel is None:
+            import grpc
+
+            from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest
+
+            options = [("grpc.max_send_message_length", self.max_message_size),
+                       ("grpc.max_receive_message_length", self.max_message_size)]
+            target = f"{self.host}:{self.port}"
+            self._channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+                             if self.tls else grpc.aio.insecure_channel(target, options=options))
+            self._call = self._channel.unary_unary(
+                "/orchestra.Orchestra/Call", request_serializer=DataRequest.SerializeToString,
+                response_deserializer=DataRequest.FromString)
+        elif self.protocol == "http" and self._http is None:
+            import httpx
+
+            scheme = "https" if self.tls else "http"
+            headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
+            self._http = httpx.AsyncClient(base_url=f"{scheme}://{self.host}:{self.port}", headers=headers,
+                                           timeout=None)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, *,
+                   request_size: int = 100, target_executor: str | None = None,
+                   timeout: float | None = None, return_type: type[BaseModel] = Doc,
+                   prefetch: int = 8) -> DocList[Any]:
+        """Send docs to endpoint `on`; returns the docs that come back, with `.results`."""
+        if not isinstance(on, str) or not on.startswith("/"):
+            raise BadRequestError(f"endpoint {on!r} must be a string starting with '/', like '/index'")
+        if request_size < 1:
+            raise ValueError("request_size must be at least 1")
+        self._ensure()
+        params = parameters or {}
+        semaphore = asyncio.Semaphore(max(1, prefetch))
+
+        async def one(batch: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+            async with semaphore:
+                if self.protocol == "grpc":
+                    return await self._post_grpc(on, batch, params, target_executor, timeout, return_type)
+                return await self._post_http(on, batch, params, target_executor, timeout, return_type)
+
+        tasks = [asyncio.ensure_future(one(b)) for b in _batches(inputs, request_size)]
+        try:
+            answers = await asyncio.gather(*tasks)
+        except BaseException:
+            for t in tasks:
+                t.cancel()
+            raise
+        out: DocList[Any] = DocList(d for docs, _ in answers for d in docs)
+        for _, results in answers:
+            for name, value in results.items():
+                if len(answers) == 1:
+                    out.results[name] = value
+                else:
+                    out.results.setdefault(name, []).append(value)
+        return out
+
+    async def _post_grpc(self, on: str, batch: list[Any], params: dict[str, Any], target: str | None,
+                         timeout: float | None, return_type: type[BaseModel]) -> tuple[list[Any], dict[str, Any]]:
+        import grpc
+
+        from orchestra_nb.wire import codec
+        from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest
+
+        request = DataRequest()
+        request.header.request_id = uuid.uuid4().hex
+        request.header.endpoint = on
+        request.header.parameters = json.dumps(params).encode()
+        if target:
+            request.header.target_executor = target
+        request.docs = codec.encode(batch)
+        try:
+            reply = await self._call(request, timeout=timeout, metadata=self._metadata(), wait_for_ready=True)
+        except grpc.aio.AioRpcError as exc:
+            raise TransportError(f"gRPC call to {self.host}:{self.port} failed: {exc.code().name}: "
+                                 f"{exc.details()}") from None
+        raise_for_header(reply.header)
+        docs = [return_type.model_validate(d) for d in codec.decode(reply.docs)]
+        return docs, {k: json.loads(v) for k, v in reply.header.results.items()}
+
+    async def _post_http(self, on: str, batch: list[Any], params: dict[str, Any], target: str | None,
+                         timeout: float | None, return_type: type[BaseModel]) -> tuple[list[Any], dict[str, Any]]:
+        body: dict[str, Any] = {"on": on, "parameters": params,
+                                "docs": [d.model_dump(mode="json", exclude_none=True) if isinstance(d, BaseModel)
+                                         else d for d in batch]}
+        if target:
+            body["target_executor"] = target
+        try:
+            response = await self._http.post("/post", json=body, timeout=timeout)
+        except Exception as exc:
+            raise TransportError(f"HTTP call to {self.host}:{self.port} failed: {exc}") from None
+        data = response.json()
+        if response.status_code >= 400:
+            err = data.get("error", {}) if isinstance(data, dict) else {}
+            message = err.get("message", response.text)
+            if response.status_code == 500:
+                raise ExecutorError(message, executor=err.get("executor", ""), endpoint=err.get("endpoint", ""),
+                                    exc_type=err.get("type", ""), remote_traceback=err.get("traceback") or "")
+            if response.status_code < 500:
+                raise BadRequestError(f"HTTP {response.status_code}: {message}")
+            raise TransportError(f"HTTP {response.status_code}: {message}")
+        return [return_type.model_validate(d) for d in data["docs"]], data.get("results", {})
+
+    async def info(self) -> dict[str, Any]:
+        """The gateway's status: topology, replicas with pids, counters."""
+        self._ensure()
+        if self.protocol == "http":
+            r = await self._http.get("/status")
+            result: dict[str, Any] = r.json()
+            return result
+        from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
+
+        call = self._channel.unary_unary("/orchestra.Orchestra/Info",
+                                         request_serializer=InfoRequest.SerializeToString,
+                                         response_deserializer=InfoResponse.FromString)
+        reply = await call(InfoRequest(), metadata=self._metadata(), timeout=10)
+        result = json.loads(reply.info)
+        return result
+
+
+class Client:
+    """Sync client: the same calls as `AsyncClient`, usable from scripts and notebook cells."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, protocol: str = "grpc", **kwargs: Any) -> None:
+        from orchestra_nb.runtime.loop import LoopThread
+
+        self._async = AsyncClient(host, port, protocol, **kwargs)
+        self._loop: LoopThread | None = LoopThread("orchestra-nb-client")
+
+    def _loop_or_raise(self) -> Any:
+        if self._loop is None:
+            raise LifecycleError("this Client is closed; create a new one")
+        return self._loop
+
+    def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, **kwargs: Any) -> DocList[Any]:
+        return self._loop_or_raise().run(self._async.post(on, inputs, parameters, **kwargs))  # type: ignore[no-any-return]
+
+    async def post_async(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None,
+                         **kwargs: Any) -> DocList[Any]:
+        return await self._loop_or_raise().run_async(self._async.post(on, inputs, parameters, **kwargs))  # type: ignore[no-any-return]
+
+    def info(self) -> dict[str, Any]:
+        return self._loop_or_raise().run(self._async.info())  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.run(self._async.close(), timeout=5)
+            finally:
+                self._loop.stop()
+                self._loop = None
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.stop(timeout=0.5)

@@ -1,0 +1,231 @@
+"""What Deployment and Flow share: the lifecycle over a Supervisor, and posting through a client.
+
+States: created → starting → ready → closing → closed (or failed when start fails). `close()` is
+idempotent; `post` on anything but a ready orchestration raises `LifecycleError` saying what to do.
+The sync API runs over one loop thread owned by the object (DESIGN.md decision 2).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import threading
+from typing import Any
+
+from orchestra_nb.docs import DocList
+from orchestra_nb.errors import LifecycleError
+from orchestra_nb.spec.models import FlowSpec
+
+__all__ = ["Orchestration", "State"]
+
+
+class State(str, enum.Enum):
+    CREATED = "created"
+    STARTING = "starting"
+    READY = "ready"
+    CLOSING = "closing"
+    CLOSED = "closed"
+    FAILED = "failed"
+
+
+class Orchestration:
+    """Base class of Deployment and Flow."""
+
+    _kind = "orchestration"
+
+    def __init__(self) -> None:
+        self.state = State.CREATED
+        self.base_dir: str | None = None
+        self._supervisor: Any = None
+        self._loop: Any = None
+        self._client: Any = None
+        self._lock = threading.RLock()
+        self._listeners: list[Any] = []
+
+    # ---- spec ----------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.flow_spec().name
+
+    def flow_spec(self) -> FlowSpec:
+        raise NotImplementedError
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> Orchestration:
+        """Start every process and wait until all are ready; raises ExecutorStartupError on failure."""
+        from orchestra_nb.orchestration import registry
+        from orchestra_nb.runtime.loop import LoopThread
+        from orchestra_nb.runtime.supervisor import Supervisor
+        from orchestra_nb.spec.topology import validate_topology
+
+        with self._lock:
+            if self.state is State.READY:
+                return self
+            if self.state not in (State.CREATED, State.CLOSED, State.FAILED):
+                raise LifecycleError(f"cannot start a {self._kind} that is {self.state.value}")
+            spec = self.flow_spec()
+            validate_topology(spec)
+            registry.register(self)
+            self.state = State.STARTING
+            self._supervisor = Supervisor(spec, base_dir=self.base_dir, echo=not registry.in_notebook(),
+                                          on_line=self._on_line)
+            try:
+                self._supervisor.start()
+                self._loop = LoopThread(f"orchestra-nb-{spec.name}")
+                from orchestra_nb.client import AsyncClient
+
+                gw = spec.gateway
+                protocol = "grpc" if "grpc" in gw.protocol else "http"
+                host = "127.0.0.1" if gw.host in ("0.0.0.0", "") else gw.host
+                self._client = AsyncClient(host, self._supervisor.ports[protocol], protocol, token=gw.token,
+                                           tls=bool(gw.ssl_certfile), max_message_size=gw.max_message_size)
+            except BaseException:
+                self.state = State.FAILED
+                self._teardown()
+                registry.unregister(self)
+                raise
+            self.state = State.READY
+        return self
+
+    def _on_line(self, key: str, line: str) -> None:
+        for listener in list(self._listeners):
+            listener(key, line)
+
+    def _teardown(self) -> None:
+        if self._loop is not None and self._client is not None:
+            try:
+                self._loop.run(self._client.close(), timeout=5)
+            except Exception:  # the loop may already be gone at interpreter exit
+                pass
+        if self._loop is not None:
+            self._loop.stop()
+        if self._supervisor is not None:
+            self._supervisor.close()
+        self._client = None
+        self._loop = None
+
+    def close(self) -> None:
+        """Stop every process and release every port; safe to call more than once."""
+        from orchestra_nb.orchestration import registry
+
+        with self._lock:
+            if self.state in (State.CLOSED, State.CREATED, State.FAILED):
+                return
+            self.state = State.CLOSING
+            try:
+                self._teardown()
+            finally:
+                self.state = State.CLOSED
+                registry.unregister(self)
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Any:
+        import asyncio
+
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.close)
+
+    def block(self, stop_event: threading.Event | None = None) -> None:
+        """Serve until `stop_event` is set (or forever); Ctrl-C returns after closing."""
+        if self.state is not State.READY:
+            self.start()
+        event = stop_event or threading.Event()
+        try:
+            while not event.wait(0.5):
+                if self.state is not State.READY:
+                    break
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.close()
+
+    # ---- requests ------------------------------------------------------------------------------
+    def _ready_client(self) -> tuple[Any, Any]:
+        if self.state is not State.READY or self._client is None:
+            hint = "use `with f:` or call f.start() first" if self.state in (State.CREATED, State.CLOSED) else \
+                "wait until it is ready"
+            raise LifecycleError(f"cannot post to {self._kind} {self.name!r}: it is {self.state.value}; {hint}")
+        return self._client, self._loop
+
+    def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, **kwargs: Any) -> DocList[Any]:
+        """Send docs to endpoint `on` and return the docs that come back (see Client.post)."""
+        client, loop = self._ready_client()
+        return loop.run(client.post(on, inputs, parameters, **kwargs))  # type: ignore[no-any-return]
+
+    async def post_async(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None,
+                         **kwargs: Any) -> DocList[Any]:
+        client, loop = self._ready_client()
+        return await loop.run_async(client.post(on, inputs, parameters, **kwargs))  # type: ignore[no-any-return]
+
+    # ---- introspection -------------------------------------------------------------------------
+    @property
+    def port(self) -> int | None:
+        """The gateway's first port (known once started, or when given)."""
+        if self._supervisor is not None and self._supervisor.ports:
+            return int(next(iter(self._supervisor.ports.values())))
+        gw = self.flow_spec().gateway
+        return gw.port[0] if gw.port else None
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return dict(self._supervisor.ports) if self._supervisor is not None else {}
+
+    @property
+    def protocols(self) -> list[str]:
+        return list(self.flow_spec().gateway.protocol)
+
+    def is_ready(self) -> bool:
+        if self.state is not State.READY:
+            return False
+        try:
+            info = self.status()
+        except Exception:
+            return False
+        return all(r.get("state") == "ready" for reps in info.get("executors", {}).values() for r in reps)
+
+    def status(self) -> dict[str, Any]:
+        """Topology, every replica's state, pid, device, counters and latency, from the gateway."""
+        client, loop = self._ready_client()
+        info: dict[str, Any] = loop.run(client.info(), timeout=15)
+        sup = self._supervisor
+        processes = []
+        for child in sup.children():
+            processes.append({"key": child.key, "pid": child.pid, "state": child.state,
+                              "restarts": child.restarts})
+        info["processes"] = processes
+        info["state"] = self.state.value
+        return info
+
+    def pids(self) -> list[int]:
+        return self._supervisor.pids() if self._supervisor is not None else []
+
+    def logs(self, key: str | None = None, n: int = 100) -> list[str]:
+        """The last log lines of one process (e.g. 'encoder/0', 'gateway') or of all."""
+        if self._supervisor is None:
+            return []
+        out: list[str] = []
+        for child in self._supervisor.children():
+            if key is None or child.key == key or child.key.split("/")[0] == key:
+                out.extend(list(child.logs)[-n:])
+        return out
+
+    def __repr__(self) -> str:
+        ports = ", ".join(f"{p}:{n}" for p, n in self.ports.items())
+        return f"<{type(self).__name__} {self.name!r} {self.state.value}{' ' + ports if ports else ''}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "state", None) is State.READY and os.getpid() == getattr(self, "_pid", os.getpid()):
+            try:
+                self.close()
+            except Exception:
+                pass

@@ -1,0 +1,86 @@
+"""Deployment: one executor (replicas, shards) behind its own gateway.
+
+It runs as a one-node Flow, so a Deployment and a Flow are served, posted to and exported the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from orchestra_nb.errors import ConfigError
+from orchestra_nb.orchestration.base import Orchestration
+from orchestra_nb.orchestration.flow import config_error
+from orchestra_nb.spec.models import DeploymentSpec, ExecutorSpec, FlowSpec, GatewaySpec
+
+__all__ = ["Deployment"]
+
+_EXECUTOR_KEYS = set(ExecutorSpec.model_fields) - {"name", "uses", "needs", "port", "host"}
+_GATEWAY_KEYS = set(GatewaySpec.model_fields) - {"protocol", "port", "host", "timeout_ready", "env"}
+
+
+class Deployment(Orchestration):
+    """Serve one Executor: `Deployment(uses=MyExecutor, replicas=2)`."""
+
+    _kind = "Deployment"
+
+    def __init__(self, uses: Any = "Executor", name: str | None = None, replicas: int = 1,
+                 port: int | list[int] | None = None, protocol: str | list[str] = "grpc",
+                 host: str = "127.0.0.1", **kwargs: Any) -> None:
+        super().__init__()
+        unknown = set(kwargs) - _EXECUTOR_KEYS - _GATEWAY_KEYS - {"log_config"}
+        if unknown:
+            raise ConfigError(f"Deployment() got unknown option(s) {sorted(unknown)}; executor options are "
+                              f"{sorted(_EXECUTOR_KEYS)}, gateway options {sorted(_GATEWAY_KEYS)}")
+        ex = {k: v for k, v in kwargs.items() if k in _EXECUTOR_KEYS}
+        gw = {k: v for k, v in kwargs.items() if k in _GATEWAY_KEYS}
+        if name is None:
+            name = uses.__name__.lower() if isinstance(uses, type) else "executor"
+        try:
+            self._spec = DeploymentSpec(
+                name=name, log_config=kwargs.get("log_config"),
+                executor=ExecutorSpec(uses=uses, name=name, replicas=replicas, **ex),
+                gateway=GatewaySpec(protocol=protocol, port=port, host=host,
+                                    timeout_ready=ex.get("timeout_ready", 60.0), **gw))
+        except ValidationError as exc:
+            raise config_error(exc, "Deployment options") from None
+
+    @classmethod
+    def from_spec(cls, spec: DeploymentSpec, base_dir: str | None = None) -> Deployment:
+        dep = cls.__new__(cls)
+        Orchestration.__init__(dep)
+        dep._spec = spec
+        dep.base_dir = base_dir
+        return dep
+
+    @property
+    def spec(self) -> DeploymentSpec:
+        return self._spec
+
+    def flow_spec(self) -> FlowSpec:
+        return self._spec.to_flow_spec()
+
+    @classmethod
+    def load_config(cls, source: str, context: dict[str, Any] | None = None) -> Deployment:
+        from orchestra_nb.spec.yaml import load_config
+
+        obj = load_config(source, context=context)
+        if not isinstance(obj, Deployment):
+            raise ConfigError(f"{source!r} describes a {type(obj).__name__}, not a Deployment (see its jtype)")
+        return obj
+
+    def save_config(self, path: str) -> None:
+        from orchestra_nb.spec.yaml import save_config
+
+        save_config(self, path)
+
+    def to_docker_compose_yaml(self, output_path: str | None = None, **kwargs: Any) -> str:
+        from orchestra_nb.export import to_docker_compose_yaml
+
+        return to_docker_compose_yaml(self.flow_spec(), output_path, **kwargs)
+
+    def to_kubernetes_yaml(self, output_base_path: str, k8s_namespace: str | None = None, **kwargs: Any) -> str:
+        from orchestra_nb.export import to_kubernetes_yaml
+
+        return to_kubernetes_yaml(self.flow_spec(), output_base_path, k8s_namespace=k8s_namespace, **kwargs)

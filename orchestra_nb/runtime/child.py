@@ -1,0 +1,114 @@
+"""Inside a child process: bootstrap shared by worker replicas and the gateway.
+
+The parent starts ``python -m orchestra_nb.runtime.child`` — a fresh interpreter, which is what the
+`spawn` start method gives, minus its re-import of the parent's `__main__` (the step that breaks scripts
+without a main guard and notebook-defined classes). The child then:
+
+1. reads its config from stdin: a length-prefixed cloudpickle written by the parent that started it (a
+   trusted local pipe; nothing that arrives over the network is ever unpickled);
+2. keeps stdin as a lifeline: EOF means the parent died (SIGKILL included), and the child exits at once.
+   (Linux's PR_SET_PDEATHSIG is not used: it fires when the *thread* that started the child exits, which
+   would kill replicas started or restarted from short-lived threads. The pipe has no such catch: the
+   kernel closes it when the parent dies, however it dies, and only the parent holds its write end.);
+3. ignores SIGINT (Jupyter's stop button signals the whole process group) and treats SIGTERM as a
+   graceful stop;
+4. sets its process title, e.g. ``orchestra-nb: flow/encoder/0``;
+5. reports ``ready`` or ``failed`` (with the traceback) as JSON lines on the status pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import struct
+import sys
+import threading
+import traceback
+from typing import Any
+
+__all__ = ["Status", "main"]
+
+
+class Status:
+    """JSON-line events to the parent over the status pipe."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._file = os.fdopen(fd, "w", buffering=1) if fd is not None else None
+        self._lock = threading.Lock()
+
+    def send(self, event: str, **fields: Any) -> None:
+        if self._file is None:
+            return
+        line = json.dumps({"event": event, **fields}, default=str)
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            self._file.write(line + "\n")
+            self._file.flush()
+
+
+def _watch_lifeline() -> None:
+    def watch() -> None:
+        with contextlib.suppress(Exception):
+            while sys.stdin.buffer.read(65536):
+                pass
+        os._exit(0)
+
+    threading.Thread(target=watch, name="orchestra-nb-lifeline", daemon=True).start()
+
+
+def read_config() -> dict[str, Any]:
+    import cloudpickle
+
+    head = sys.stdin.buffer.read(8)
+    if len(head) != 8:
+        raise SystemExit("orchestra-nb child: no config on stdin (this module is started by orchestra-nb)")
+    (size,) = struct.unpack("<Q", head)
+    data = sys.stdin.buffer.read(size)
+    config: dict[str, Any] = cloudpickle.loads(data)
+    return config
+
+
+def main() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for entry in reversed(os.environ.pop("ORCHESTRA_SYS_PATH", "").split(os.pathsep)):
+        if entry and entry not in sys.path:
+            sys.path.insert(0, entry)
+    config = read_config()
+    fd = os.environ.pop("ORCHESTRA_STATUS_FD", None)
+    status = Status(int(fd) if fd else None)
+    if config.get("lifeline", True):
+        _watch_lifeline()
+    with contextlib.suppress(Exception):
+        import setproctitle
+
+        setproctitle.setproctitle(config["title"])
+    from orchestra_nb import logs
+
+    logs.setup_child(config.get("log_config"), name=config.get("log_name", ""),
+                     replica=config.get("replica_id"))
+    try:
+        if config["kind"] == "worker":
+            from orchestra_nb.runtime.worker import run_worker as run
+        else:
+            from orchestra_nb.runtime.gateway import run_gateway as run
+        asyncio.run(run(config, status))
+    except BaseException as exc:  # report every start-up failure with its traceback
+        if not isinstance(exc, SystemExit) or exc.code not in (0, None):
+            status.send("failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            sys.stderr.flush()
+            os._exit(1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def install_stop_handler(stop: asyncio.Event) -> None:
+    """SIGTERM sets `stop` (graceful); SIGINT stays ignored."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Inside the gateway process: the gRPC front door, the HTTP front door, and the router between them.
+
+Both front doors run on one event loop. The gRPC front door speaks the same `Call` as an executor, so a
+`Client` talks to a Deployment and a Flow alike. With a token set (always when exposed), every gRPC call
+must carry `authorization: Bearer <token>` metadata; it is compared in constant time before anything of
+the request is looked at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from orchestra_nb._version import __version__
+from orchestra_nb.logs import get_logger
+from orchestra_nb.runtime.child import Status, install_stop_handler
+from orchestra_nb.runtime.topology import Router
+from orchestra_nb.runtime.worker import server_options
+from orchestra_nb.spec.models import FlowSpec
+from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest, InfoRequest, InfoResponse
+
+__all__ = ["Gateway", "TokenInterceptor", "run_gateway"]
+
+log = get_logger("gateway")
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls without the right bearer token (health checks stay open)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"bearer {token}".encode()
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "a valid token is required: send metadata ('authorization', 'Bearer <token>')")
+
+        self._deny = grpc.unary_unary_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        if details.method.startswith("/grpc.health.v1.Health/"):
+            return await continuation(details)
+        given = b""
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                given = (value if isinstance(value, bytes) else value.encode()).lower()
+        if hmac.compare_digest(given, self._expected.lower()):
+            return await continuation(details)
+        return self._deny
+
+
+class Gateway:
+    """State of the gateway process, shared by both front doors."""
+
+    def __init__(self, spec: FlowSpec, addresses: dict[str, list[list[str]]]) -> None:
+        self.spec = spec
+        self.router = Router(spec, addresses)
+        self.executor_infos: dict[str, dict[str, Any]] = {}
+        self.started = time.time()
+        self.requests = 0
+
+    async def call(self, request: DataRequest, context: Any) -> DataRequest:
+        self.requests += 1
+        return await self.router.route(request)
+
+    async def info(self, request: InfoRequest, context: Any) -> InfoResponse:
+        return InfoResponse(info=json.dumps(await self.status()).encode())
+
+    async def ready(self) -> dict[str, bool]:
+        infos = await self.router.executor_info(timeout=1.0)
+        return {name: all(r["state"] == "ready" for r in reps) for name, reps in infos.items()}
+
+    async def status(self) -> dict[str, Any]:
+        infos = await self.router.executor_info(timeout=1.0)
+        for reps in infos.values():
+            for rep in reps:
+                if "endpoints" in rep:
+                    rep["endpoints"] = {ep: {"input": e["input"], "output": e["output"]}
+                                        for ep, e in rep["endpoints"].items()}
+        return {
+            "name": self.spec.name, "version": __version__, "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3), "requests": self.requests,
+            "decoded_payloads": self.router.decoded,
+            "protocols": self.spec.gateway.protocol,
+            "topology": {n: {"needs": node.needs, "floating": n in self.router.floating,
+                             "shards": len(node.shards), "replicas": node.spec.replicas}
+                         for n, node in self.router.nodes.items()},
+            "executors": infos,
+        }
+
+
+@contextlib.contextmanager
+def _no_signal_capture() -> Iterator[None]:
+    yield
+
+
+async def run_gateway(config: dict[str, Any], status: Status) -> None:
+    spec: FlowSpec = config["spec"]
+    stop = asyncio.Event()
+    install_stop_handler(stop)
+    gateway = Gateway(spec, config["addresses"])
+    gw = spec.gateway
+    host = config.get("host", gw.host)
+    ports: dict[str, int] = config["ports"]
+    deadline = time.monotonic() + gw.timeout_ready
+    interceptors = [TokenInterceptor(gw.token)] if gw.token else []
+    grpc_server = None
+    if "grpc" in gw.protocol:
+        grpc_server = grpc.aio.server(options=server_options(gw.max_message_size), interceptors=interceptors)
+        grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orchestra.Orchestra", {
+            "Call": grpc.unary_unary_rpc_method_handler(
+                gateway.call, request_deserializer=DataRequest.FromString,
+                response_serializer=DataRequest.SerializeToString),
+            "Info": grpc.unary_unary_rpc_method_handler(
+                gateway.info, request_deserializer=InfoRequest.FromString,
+                response_serializer=InfoResponse.SerializeToString),
+        })])
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+        grpc_server.add_insecure_port(f"{host}:{ports['grpc']}")
+        await grpc_server.start()
+    # the typed HTTP routes need every executor's schemas: wait until each answers Info
+    gateway.executor_infos = await gateway.router.wait_info(deadline)
+    http_server = None
+    http_task = None
+    if "http" in gw.protocol:
+        import uvicorn
+
+        from orchestra_nb.runtime.http import build_app
+
+        app = build_app(gateway)
+        uv_config = uvicorn.Config(app, host=host, port=ports["http"], log_level="warning", lifespan="off",
+                                   access_log=False, ssl_certfile=gw.ssl_certfile, ssl_keyfile=gw.ssl_keyfile,
+                                   timeout_graceful_shutdown=2)
+        http_server = uvicorn.Server(uv_config)
+        http_server.capture_signals = _no_signal_capture  # type: ignore[method-assign]
+        http_task = asyncio.ensure_future(http_server.serve())
+        while not http_server.started:
+            if http_task.done():
+                http_task.result()
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.005)
+    if grpc_server is not None:
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info("gateway ready: %s", ", ".join(f"{p} on {host}:{ports[p]}" for p in gw.protocol))
+    status.send("ready", ports=ports, pid=os.getpid())
+    await stop.wait()
+    if http_server is not None and http_task is not None:
+        http_server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(http_task, 5)
+    if grpc_server is not None:
+        await grpc_server.stop(grace=1.0)
+    await gateway.router.close()
+    status.send("stopped")

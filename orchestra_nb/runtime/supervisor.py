@@ -1,0 +1,234 @@
+"""The parent side of the runtime: make the running world match a FlowSpec.
+
+`Supervisor.start()` picks free ports, assigns devices, starts every replica and the gateway at the same
+time, and waits until all report ready. When any of them fails, it stops everything it started and raises
+`ExecutorStartupError` with the child's traceback. While running, a replica that exits unexpectedly is
+restarted (`restart='on-failure'`) with backoff on the same port, so the gateway's channels reconnect;
+after `MAX_RESTARTS` failures in a row it stays failed with its last output kept. `close()` is idempotent:
+the gateway stops first (so requests in flight finish), then the workers; SIGTERM, wait, SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from orchestra_nb.errors import ExecutorStartupError
+from orchestra_nb.logs import get_logger
+from orchestra_nb.runtime.ports import free_port
+from orchestra_nb.runtime.process import ChildProcess
+from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
+
+__all__ = ["MAX_RESTARTS", "ReplicaKey", "Supervisor"]
+
+log = get_logger("supervisor")
+MAX_RESTARTS = 5
+
+
+@dataclass(frozen=True)
+class ReplicaKey:
+    executor: str
+    shard: int
+    replica: int
+
+    def __str__(self) -> str:
+        shard = f"/shard{self.shard}" if self.shard else ""
+        return f"{self.executor}{shard}/{self.replica}"
+
+
+def gateway_view(spec: FlowSpec) -> FlowSpec:
+    """The spec as the gateway sees it: no user classes, only labels."""
+    return spec.model_copy(update={"executors": [
+        ex.model_copy(update={"uses": ex.uses_label, "uses_with": {}}) for ex in spec.executors]})
+
+
+class Supervisor:
+    """Starts, watches and stops the processes of one orchestration."""
+
+    def __init__(self, spec: FlowSpec, *, base_dir: str | None = None, echo: bool = True,
+                 on_line: Any = None) -> None:
+        self.spec = spec
+        self.base_dir = base_dir
+        self.echo = echo
+        self.on_line = on_line
+        self.workers: dict[ReplicaKey, ChildProcess] = {}
+        self.gateway: ChildProcess | None = None
+        self.ports: dict[str, int] = {}
+        self.addresses: dict[str, list[list[str]]] = {}
+        self.devices: dict[ReplicaKey, str] = {}
+        self.running = False
+        self._closing = False
+        self._lock = threading.Lock()
+
+    # ---- start ---------------------------------------------------------------------------------
+    def plan(self) -> None:
+        from orchestra_nb.runtime.devices import assign_devices
+
+        self.addresses = {}
+        for ex in self.spec.executors:
+            name = ex.name or "executor"
+            fixed = ex.port if isinstance(ex.port, list) else ([ex.port] if ex.port else [])
+            shards = []
+            index = 0
+            for _shard in range(ex.shards):
+                reps = []
+                for _r in range(ex.replicas):
+                    port = fixed[index] if index < len(fixed) else free_port(ex.host)
+                    index += 1
+                    reps.append(f"{ex.host}:{port}")
+                shards.append(reps)
+            self.addresses[name] = shards
+        gw = self.spec.gateway
+        self.ports = {p: gw.port_for(p) or free_port(gw.host) for p in gw.protocol}
+        self.devices = {}
+        for ex in self.spec.executors:
+            for key, env in assign_devices(ex).items():
+                self.devices[ReplicaKey(ex.name or "executor", key[0], key[1])] = env
+
+    def _worker_config(self, ex: ExecutorSpec, shard: int, replica: int, address: str,
+                       device_env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+        host, _, port = address.rpartition(":")
+        name = ex.name or "executor"
+        config = {
+            "kind": "worker", "spec": ex, "replica_id": replica, "shard_id": shard, "host": host,
+            "port": int(port), "base_dir": self.base_dir, "device": device_env.pop("_device", "cpu"),
+            "title": f"orchestra-nb: {self.spec.name}/{name}/{replica}" + (f"/shard{shard}" if ex.shards > 1 else ""),
+            "log_name": name, "log_config": self.spec.log_config,
+        }
+        env = {**self.spec.env, **ex.env, **device_env}
+        return config, env
+
+    def _make_workers(self) -> None:
+        self.workers = {}
+        for ex in self.spec.executors:
+            name = ex.name or "executor"
+            for shard, reps in enumerate(self.addresses[name]):
+                for replica, address in enumerate(reps):
+                    key = ReplicaKey(name, shard, replica)
+                    device_env = dict(self.devices.get(key, {}))
+                    config, env = self._worker_config(ex, shard, replica, address, device_env)
+                    self.workers[key] = ChildProcess(str(key), config, env, on_line=self._line,
+                                                     on_exit=self._exited)
+
+    def _make_gateway(self) -> None:
+        gw = self.spec.gateway
+        config = {"kind": "gateway", "spec": gateway_view(self.spec), "addresses": self.addresses,
+                  "ports": self.ports, "host": gw.host, "title": f"orchestra-nb: {self.spec.name}/gateway",
+                  "log_name": "gateway", "log_config": self.spec.log_config}
+        self.gateway = ChildProcess("gateway", config, {**self.spec.env, **gw.env}, on_line=self._line,
+                                    on_exit=self._exited)
+
+    def start(self) -> None:
+        """Start everything and wait until ready; on failure stop it all and raise."""
+        self.plan()
+        self._make_workers()
+        self._make_gateway()
+        assert self.gateway is not None
+        children = [*self.workers.values(), self.gateway]
+        try:
+            for child in children:
+                child.start()
+            timeout = max([ex.timeout_ready for ex in self.spec.executors] + [self.spec.gateway.timeout_ready])
+            deadline = time.monotonic() + timeout
+            self._wait_all(children, deadline)
+        except BaseException:
+            self.close()
+            raise
+        self.running = True
+
+    def _wait_all(self, children: list[ChildProcess], deadline: float) -> None:
+        pending = list(children)
+        while pending:
+            for child in list(pending):
+                if child.ready.is_set():
+                    pending.remove(child)
+                    if child.failure is not None or child.state != "ready":
+                        raise self._startup_error(child)
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                slow = pending[0]
+                raise ExecutorStartupError(
+                    f"{self._describe(slow)} was not ready within the timeout; its last output:\n{slow.tail()}",
+                    executor=slow.key.split("/")[0])
+            pending[0].ready.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def _describe(self, child: ChildProcess) -> str:
+        return "the gateway" if child.key == "gateway" else f"replica {child.key!r}"
+
+    def _startup_error(self, child: ChildProcess) -> ExecutorStartupError:
+        failure = child.failure or {}
+        executor = child.key.split("/")[0]
+        replica = None if child.key == "gateway" else int(child.key.rsplit("/", 1)[1])
+        message = failure.get("message") or "it exited"
+        tb = failure.get("traceback") or ""
+        if not tb:
+            tb = child.tail()
+        what = "the gateway" if child.key == "gateway" else f"executor {executor!r} (replica {replica})"
+        return ExecutorStartupError(f"{what} failed to start: {message}", executor=executor, replica=replica,
+                                    remote_traceback=tb)
+
+    # ---- logs and exits ------------------------------------------------------------------------
+    def _line(self, child: ChildProcess, line: str) -> None:
+        if self.echo:
+            os.write(2, (line + "\n").encode(errors="replace"))
+        if self.on_line is not None:
+            self.on_line(child.key, line)
+
+    def _exited(self, child: ChildProcess) -> None:
+        if not self.running or self._closing or child.stopping:
+            return
+        spec = self._spec_of(child)
+        if child.key == "gateway" or spec is None or spec.restart == "never":
+            log.warning("%s exited (code %s)", self._describe(child), child.proc.returncode if child.proc else "?")
+            return
+        if child.restarts >= MAX_RESTARTS:
+            child.state = "failed"
+            log.error("%s failed %d times; it stays down. Last output:\n%s", self._describe(child),
+                      child.restarts, child.tail())
+            return
+        child.restarts += 1
+        delay = min(0.1 * 2 ** (child.restarts - 1), 5.0)
+        threading.Timer(delay, self._restart, args=(child,)).start()
+
+    def _restart(self, child: ChildProcess) -> None:
+        with self._lock:
+            if self._closing or not self.running:
+                return
+            log.warning("restarting %s (restart %d)", self._describe(child), child.restarts)
+            child.release()
+            child.start()
+
+    def _spec_of(self, child: ChildProcess) -> ExecutorSpec | None:
+        spec = child.config.get("spec")
+        return spec if isinstance(spec, ExecutorSpec) else None
+
+    # ---- stop ----------------------------------------------------------------------------------
+    def close(self, grace: float = 5.0) -> None:
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+        self.running = False
+        groups: list[list[ChildProcess]] = []
+        if self.gateway is not None:
+            groups.append([self.gateway])
+        groups.append(list(self.workers.values()))
+        for group in groups:
+            for child in group:
+                child.terminate()
+            deadline = time.monotonic() + grace
+            for child in group:
+                if not child.join(max(0.0, deadline - time.monotonic())):
+                    child.kill()
+            for child in group:
+                child.release()
+
+    def children(self) -> list[ChildProcess]:
+        return [*self.workers.values(), *([self.gateway] if self.gateway else [])]
+
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children() if c.pid is not None]

@@ -219,6 +219,42 @@ class Orchestration:
                 out.extend(list(child.logs)[-n:])
         return out
 
+    # ---- notebook and tunnel hooks (implemented in orchestra_nb.notebook) ----------------------------
+    def _repr_html_(self) -> str:
+        from orchestra_nb.notebook.display import repr_html
+
+        return repr_html(self)
+
+    def _ipython_display_(self) -> None:
+        from orchestra_nb.notebook.display import ipython_display
+
+        ipython_display(self)
+
+    def panel(self) -> Any:
+        """A live widget with status, logs, endpoints and metrics (needs the notebook extra)."""
+        from orchestra_nb.notebook.panel import make_panel
+
+        return make_panel(self)
+
+    def expose(self, provider: str = "ngrok", token: str | None = None, **kwargs: Any) -> Any:
+        """Open a public URL to the HTTP gateway; turns on token auth. Returns the URL and token."""
+        from orchestra_nb.notebook.tunnel import expose
+
+        return expose(self, provider, token, **kwargs)
+
+    def unexpose(self) -> None:
+        from orchestra_nb.notebook.tunnel import unexpose
+
+        unexpose(self)
+
+    def set_token(self, token: str | None) -> None:
+        """Require `token` on every gateway request from now on (None turns auth off)."""
+        self._ready_client()
+        sup = self._supervisor
+        if sup.gateway is not None:
+            sup.gateway.send_control({"cmd": "set_token", "token": token})
+        self._client.token = token
+
     def __repr__(self) -> str:
         ports = ", ".join(f"{p}:{n}" for p, n in self.ports.items())
         return f"<{type(self).__name__} {self.name!r} {self.state.value}{' ' + ports if ports else ''}>"

@@ -6,7 +6,7 @@ without a main guard and notebook-defined classes). The child then:
 
 1. reads its config from stdin: a length-prefixed cloudpickle written by the parent that started it (a
    trusted local pipe; nothing that arrives over the network is ever unpickled);
-2. keeps stdin as a lifeline: EOF means the parent died (SIGKILL included), and the child exits at once.
+2. keeps stdin as a lifeline and control channel (JSON lines from the parent, e.g. a new token): EOF means the parent died (SIGKILL included), and the child exits at once.
    (Linux's PR_SET_PDEATHSIG is not used: it fires when the *thread* that started the child exits, which
    would kill replicas started or restarted from short-lived threads. The pipe has no such catch: the
    kernel closes it when the parent dies, however it dies, and only the parent holds its write end.);
@@ -29,7 +29,7 @@ import threading
 import traceback
 from typing import Any
 
-__all__ = ["Status", "main"]
+__all__ = ["Status", "install_stop_handler", "main", "on_control"]
 
 
 class Status:
@@ -48,11 +48,29 @@ class Status:
             self._file.flush()
 
 
+_control_handlers: list[Any] = []
+
+
+def on_control(handler: Any) -> None:
+    """Register `handler(message: dict)`, called on the child's event loop for each control message."""
+    loop = asyncio.get_running_loop()
+    _control_handlers.append((loop, handler))
+
+
+def _dispatch(message: dict[str, Any]) -> None:
+    for loop, handler in list(_control_handlers):
+        loop.call_soon_threadsafe(handler, message)
+
+
 def _watch_lifeline() -> None:
+    """Read control messages (JSON lines from the parent) until EOF; EOF means the parent is gone."""
     def watch() -> None:
         with contextlib.suppress(Exception):
-            while sys.stdin.buffer.read(65536):
-                pass
+            for line in sys.stdin.buffer:
+                with contextlib.suppress(ValueError):
+                    message = json.loads(line)
+                    if isinstance(message, dict):
+                        _dispatch(message)
         os._exit(0)
 
     threading.Thread(target=watch, name="orchestra-nb-lifeline", daemon=True).start()

@@ -22,7 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from orchestra_nb._version import __version__
 from orchestra_nb.logs import get_logger
-from orchestra_nb.runtime.child import Status, install_stop_handler
+from orchestra_nb.runtime.child import Status, install_stop_handler, on_control
 from orchestra_nb.runtime.topology import Router
 from orchestra_nb.runtime.worker import server_options
 from orchestra_nb.spec.models import FlowSpec
@@ -34,10 +34,10 @@ log = get_logger("gateway")
 
 
 class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses calls without the right bearer token (health checks stay open)."""
+    """Refuses calls without the right bearer token once one is set (health checks stay open)."""
 
-    def __init__(self, token: str) -> None:
-        self._expected = f"bearer {token}".encode()
+    def __init__(self, gateway: Gateway) -> None:
+        self._gateway = gateway
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
@@ -47,13 +47,16 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
-        if details.method.startswith("/grpc.health.v1.Health/"):
+        token = self._gateway.token
+        if not token or details.method.startswith("/grpc.health.v1.Health/"):
             return await continuation(details)
         given = b""
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
-                given = (value if isinstance(value, bytes) else value.encode()).lower()
-        if hmac.compare_digest(given, self._expected.lower()):
+                given = value if isinstance(value, bytes) else value.encode()
+        if given[:7].lower() == b"bearer ":
+            given = given[7:]
+        if hmac.compare_digest(given, token.encode()):
             return await continuation(details)
         return self._deny
 
@@ -67,6 +70,14 @@ class Gateway:
         self.executor_infos: dict[str, dict[str, Any]] = {}
         self.started = time.time()
         self.requests = 0
+        self.token: str | None = spec.gateway.token
+
+    def control(self, message: dict[str, Any]) -> None:
+        """Messages from the parent: `set_token` turns auth on (or off with None)."""
+        if message.get("cmd") == "set_token":
+            token = message.get("token")
+            self.token = token if isinstance(token, str) and token else None
+            log.info("token auth %s", "on" if self.token else "off")
 
     async def call(self, request: DataRequest, context: Any) -> DataRequest:
         self.requests += 1
@@ -112,7 +123,8 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
     host = config.get("host", gw.host)
     ports: dict[str, int] = config["ports"]
     deadline = time.monotonic() + gw.timeout_ready
-    interceptors = [TokenInterceptor(gw.token)] if gw.token else []
+    on_control(gateway.control)
+    interceptors = [TokenInterceptor(gateway)]
     grpc_server = None
     if "grpc" in gw.protocol:
         grpc_server = grpc.aio.server(options=server_options(gw.max_message_size), interceptors=interceptors)

@@ -70,7 +70,6 @@ def _error_status(reply: DataRequest) -> int:
 def build_app(gateway: Any) -> FastAPI:
     spec = gateway.spec
     max_body = spec.gateway.max_body_size
-    token = spec.gateway.token
     app = FastAPI(title=f"orchestra-nb: {spec.name}", version="1",
                   description="Endpoints of the Flow's executors; bodies carry docs and parameters.")
 
@@ -79,6 +78,7 @@ def build_app(gateway: Any) -> FastAPI:
         return JSONResponse(exc.body, status_code=exc.status)
 
     def check_token(request: Request) -> None:
+        token = gateway.token
         if not token:
             return
         given = request.headers.get("authorization", "")

@@ -127,6 +127,14 @@ class ChildProcess:
                     self.on_line(self, line)
         proc.stdout.close()
 
+    def send_control(self, message: dict[str, Any]) -> None:
+        """Send a control message to the child (a JSON line on its stdin)."""
+        if self.proc is None or self.proc.stdin is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self.proc.stdin.flush()
+
     def wait_ready(self, timeout: float) -> bool:
         return self.ready.wait(timeout) and self.failure is None and self.state == "ready"
 

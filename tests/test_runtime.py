@@ -1,0 +1,285 @@
+"""Core runtime: executors, Deployment, client, lifecycle, process hygiene (issue 2)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestra_nb import Client, Deployment, Doc, DocList
+from orchestra_nb.errors import (
+    BadRequestError,
+    ConfigError,
+    ExecutorError,
+    ExecutorStartupError,
+    LifecycleError,
+)
+from tests.executors import BrokenInit, Closer, Failing, Scale, Tagger, Typed, Upper
+from tests.helpers import pid_alive, poll_for
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_replicas_balance_and_all_serve() -> None:
+    with Deployment(uses=Tagger, replicas=3) as dep:
+        pids: set[int] = set()
+        for i in range(300):
+            out = dep.post("/any", Doc(text=str(i)))
+            assert out[0].text == str(i)
+            pids.add(out[0].tags["pid"])
+        workers = {c.pid for c in dep._supervisor.workers.values()}
+        assert pids == workers and len(pids) == 3
+
+
+def test_endpoints_sync_async_results_and_unknown_endpoint() -> None:
+    with Deployment(uses=Upper) as dep:
+        assert dep.post("/upper", [Doc(text="abc"), Doc(text="d")]).texts == ["ABC", "D"]
+        out = dep.post("/b", [Doc(), Doc()], parameters={"x": 7})
+        assert out.results == {"upper": {"count": 2, "echo": 7}}
+        assert len(out) == 2
+        with pytest.raises(BadRequestError, match=r"no handler for endpoint '/nope'.*\['/a', '/b', '/upper'\]"):
+            dep.post("/nope", Doc())
+        # the deployment still serves afterwards
+        assert dep.post("/upper", Doc(text="x")).texts == ["X"]
+
+
+def test_typed_docs_and_batches() -> None:
+    with Deployment(uses=Typed) as dep:
+        docs = [{"title": f"hello {i}"} for i in range(250)]
+        from tests.executors import MyDoc
+
+        out = dep.post("/typed", [MyDoc(**d) for d in docs], request_size=100, return_type=MyDoc)
+        assert [d.title for d in out] == [f"Hello {i}" for i in range(250)]
+        assert all(isinstance(d, MyDoc) and d.score == len(d.title) for d in out)
+        with pytest.raises(BadRequestError, match="executor 'typed', endpoint '/typed'.*title"):
+            dep.post("/typed", Doc(text="no title"))
+
+
+def test_handler_error_reaches_client_and_next_request_succeeds() -> None:
+    with Deployment(uses=Failing) as dep:
+        with pytest.raises(ExecutorError) as info:
+            dep.post("/fail", Doc(text="x"))
+        err = info.value
+        assert err.executor == "failing" and err.endpoint == "/fail" and err.exc_type == "ValueError"
+        assert "bad document on purpose" in str(err)
+        assert 'raise ValueError("bad document on purpose")' in err.remote_traceback
+        assert dep.post("/ok", Doc()).texts == ["ok"]
+
+
+def test_init_error_gives_startup_error_with_traceback_and_no_process_left() -> None:
+    dep = Deployment(uses=BrokenInit, replicas=2)
+    started = time.monotonic()
+    with pytest.raises(ExecutorStartupError) as info:
+        dep.start()
+    assert time.monotonic() - started < 5
+    err = info.value
+    assert err.executor == "brokeninit" and err.replica in (0, 1)
+    assert "cannot load the model: weights missing" in err.remote_traceback
+    assert "Traceback" in err.remote_traceback
+    assert dep.state.value == "failed"
+    pids = dep._supervisor.pids()
+    assert pids and not [p for p in pids if pid_alive(p)]
+
+
+def test_arrays_round_trip_bit_exact() -> None:
+    rng = np.random.default_rng(0)
+    big = rng.standard_normal(16 * 1024 * 1024).astype(np.float32)  # 64 MB
+    many = [Doc(id=str(i), tensor=rng.standard_normal((256, 256)).astype(np.float32)) for i in range(100)]
+    with Deployment(uses=Scale) as dep:
+        out = dep.post("/scale", Doc(tensor=big))
+        assert out[0].tensor.dtype == np.float32 and np.array_equal(out[0].tensor, big)
+        back = dep.post("/scale", many, request_size=10)
+        assert [d.id for d in back] == [d.id for d in many]
+        assert all(np.array_equal(a.tensor, b.tensor) for a, b in zip(back, many))
+        ints = dep.post("/scale", Doc(tensor=np.arange(12, dtype=np.int64).reshape(3, 4)))
+        assert ints[0].tensor.dtype == np.int64 and ints[0].tensor.shape == (3, 4)
+
+
+def test_crafted_pickle_is_rejected_and_not_executed(tmp_path: Path) -> None:
+    import pickle
+
+    import grpc
+
+    from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    with Deployment(uses=Scale) as dep:
+        payload = pickle.dumps([Evil()])
+        targets = [dep._supervisor.addresses["scale"][0][0], f"127.0.0.1:{dep.port}"]
+        for target in targets:  # straight to the worker, and through the gateway
+            with grpc.insecure_channel(target) as channel:
+                call = channel.unary_unary("/orchestra.Orchestra/Call",
+                                           request_serializer=DataRequest.SerializeToString,
+                                           response_deserializer=DataRequest.FromString)
+                request = DataRequest(docs=payload)
+                request.header.endpoint = "/scale"
+                reply = call(request, timeout=10)
+            assert reply.header.status == 2
+            assert reply.header.error.type == "WireError"
+            assert "never unpickled" in reply.header.error.message
+        assert not marker.exists()
+        assert dep.post("/scale", Doc(text="still fine")).texts == ["still fine"]
+
+
+def test_lifecycle_errors_and_idempotent_close(tmp_path: Path) -> None:
+    path = tmp_path / "closed.txt"
+    dep = Deployment(uses=Closer, uses_with={"path": str(path)})
+    with pytest.raises(LifecycleError, match="start"):
+        dep.post("/x", Doc())
+    dep.start()
+    assert dep.state.value == "ready"
+    assert dep.start() is dep
+    dep.close()
+    dep.close()
+    assert dep.state.value == "closed"
+    assert path.read_text() == "closed closer/0"
+    with pytest.raises(LifecycleError, match="closed"):
+        dep.post("/x", Doc())
+
+
+def test_bad_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="replicas"):
+        Deployment(uses=Tagger, replicas=0)
+    with pytest.raises(ConfigError, match="unknown option"):
+        Deployment(uses=Tagger, replica=2)
+
+
+def test_ports_are_free_after_close_and_titles_and_sigint() -> None:
+    dep = Deployment(uses=Tagger, replicas=2, protocol=["grpc", "http"])
+    with dep:
+        ports = list(dep.ports.values()) + [int(a.rsplit(":", 1)[1]) for a in dep._supervisor.addresses["tagger"][0]]
+        for child in dep._supervisor.children():
+            with open(f"/proc/{child.pid}/cmdline", "rb") as f:
+                title = f.read().split(b"\0")[0].decode()
+            assert title.startswith("orchestra-nb: tagger/"), title
+        # a notebook interrupt signals the whole group: children must ignore SIGINT
+        for pid in dep.pids():
+            os.kill(pid, signal.SIGINT)
+        assert dep.post("/x", Doc(text="after sigint")).texts == ["after sigint"]
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+
+
+def test_block_returns_when_event_is_set() -> None:
+    dep = Deployment(uses=Tagger)
+    stop = threading.Event()
+    thread = threading.Thread(target=dep.block, kwargs={"stop_event": stop})
+    thread.start()
+    try:
+        poll_for(lambda: dep.state.value == "ready", timeout=30, what="ready")
+        assert dep.post("/x", Doc(text="hi")).texts == ["hi"]
+    finally:
+        stop.set()
+        thread.join(15)
+    assert not thread.is_alive() and dep.state.value == "closed"
+
+
+def test_external_client_and_post_async() -> None:
+    import asyncio
+
+    with Deployment(uses=Upper, protocol=["grpc", "http"]) as dep:
+        with Client(port=dep.ports["grpc"]) as client:
+            assert client.post("/upper", Doc(text="grpc")).texts == ["GRPC"]
+        with Client(port=dep.ports["http"], protocol="http") as client:
+            assert client.post("/upper", [Doc(text="http")]).texts == ["HTTP"]
+
+        async def main() -> DocList[Doc]:
+            return await dep.post_async("/upper", Doc(text="async"))
+
+        assert asyncio.run(main()).texts == ["ASYNC"]
+
+
+MAIN_SCRIPT = """
+import os, sys
+from orchestra_nb import Deployment, Doc, Executor, requests
+
+class Shout(Executor):          # defined in __main__, no main guard below
+    @requests(on='/shout')
+    def shout(self, docs, parameters):
+        for d in docs:
+            d.text = d.text.upper() + '!' * parameters.get('n', 1)
+            d.tags['pid'] = os.getpid()
+
+dep = Deployment(uses=Shout, replicas=2)
+with dep:
+    out = dep.post('/shout', [Doc(text='hi')], parameters={'n': 2})
+    print('RESULT', out[0].text, out[0].tags['pid'] != os.getpid(), flush=True)
+    if len(sys.argv) > 1:
+        print('PIDS', ' '.join(str(p) for p in dep.pids()), flush=True)
+        sys.stdin.read()
+"""
+
+
+def test_executor_defined_in_main_script(tmp_path: Path) -> None:
+    script = tmp_path / "serve.py"
+    script.write_text(textwrap.dedent(MAIN_SCRIPT))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "RESULT HI!! True" in out.stdout
+
+
+def test_sigkill_of_parent_leaves_no_child(tmp_path: Path) -> None:
+    script = tmp_path / "serve.py"
+    script.write_text(textwrap.dedent(MAIN_SCRIPT))
+    proc = subprocess.Popen([sys.executable, str(script), "hold"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        pids: list[int] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("PIDS"):
+                pids = [int(p) for p in line.split()[1:]]
+                break
+        assert len(pids) == 3 and all(pid_alive(p) for p in pids)
+        proc.kill()
+        proc.wait(10)
+        poll_for(lambda: not [p for p in pids if pid_alive(p)], timeout=5, what="children to exit")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stdin:
+            proc.stdin.close()
+        if proc.stdout:
+            proc.stdout.close()
+
+
+LIGHT_IMPORT = """
+import signal, sys, time
+before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD)}
+t = time.perf_counter()
+import orchestra_nb
+elapsed = time.perf_counter() - t
+after = {s: signal.getsignal(s) for s in before}
+heavy = [m for m in ('grpc', 'IPython', 'ipywidgets', 'torch', 'fastapi', 'uvicorn') if m in sys.modules]
+print(elapsed, heavy, before == after)
+"""
+
+
+def test_light_import() -> None:
+    best = None
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", LIGHT_IMPORT], capture_output=True, text=True,
+                             timeout=60, check=True)
+        elapsed, heavy, same = out.stdout.rsplit(None, 2)[0], out.stdout.split(" ", 1)[1].rsplit(" ", 1)[0], out.stdout.split()[-1]
+        assert heavy == "[]", out.stdout
+        assert same == "True", out.stdout
+        best = min(best or 1e9, float(elapsed))
+    assert best is not None and best < 0.150, f"import orchestra_nb took {best:.3f} s"

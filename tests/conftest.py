@@ -12,11 +12,17 @@ from tests.helpers import children_of, pid_alive, poll_for
 
 @pytest.fixture(autouse=True)
 def no_leftover_children() -> Iterator[None]:
-    """After each test, every child process this test started must be gone."""
-    before = set(children_of(os.getpid()))
-    yield
-    import orchestra_nb
+    """After each test, every orchestration and child process that this test started must be gone.
 
-    orchestra_nb.close_all()
+    Wider-scoped fixtures are set up before this one, so what they started is left alone.
+    """
+    from orchestra_nb.orchestration import registry
+
+    before = set(children_of(os.getpid()))
+    running_before = {id(o) for o in registry.running()}
+    yield
+    for orch in registry.running():
+        if id(orch) not in running_before:
+            orch.close()
     new = [p for p in children_of(os.getpid()) if p not in before]
     poll_for(lambda: not [p for p in new if pid_alive(p)], timeout=10, what=f"child processes {new} to exit")

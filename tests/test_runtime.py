@@ -46,7 +46,7 @@ def test_endpoints_sync_async_results_and_unknown_endpoint() -> None:
         out = dep.post("/b", [Doc(), Doc()], parameters={"x": 7})
         assert out.results == {"upper": {"count": 2, "echo": 7}}
         assert len(out) == 2
-        with pytest.raises(BadRequestError, match=r"no handler for endpoint '/nope'.*\['/a', '/b', '/upper'\]"):
+        with pytest.raises(BadRequestError, match=r"no executor serves endpoint '/nope'.*\['/a', '/b', '/upper'\]"):
             dep.post("/nope", Doc())
         # the deployment still serves afterwards
         assert dep.post("/upper", Doc(text="x")).texts == ["X"]

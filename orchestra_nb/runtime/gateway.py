@@ -142,6 +142,7 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
         await grpc_server.start()
     # the typed HTTP routes need every executor's schemas: wait until each answers Info
     gateway.executor_infos = await gateway.router.wait_info(deadline)
+    gateway.router.set_endpoints(gateway.executor_infos)
     http_server = None
     http_task = None
     if "http" in gw.protocol:

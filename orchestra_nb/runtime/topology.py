@@ -5,6 +5,9 @@ forwarded as opaque bytes along a linear chain; it is decoded only where the gat
 a join of branches that changed the docs (merged by id, see merge.py), a `when` filter, or a shard reduce
 (polling ALL). `decoded` counts those decodes; tests use it to prove a linear chain decodes nothing.
 
+An executor that does not serve the request's endpoint passes the docs on untouched (so one Flow can
+serve several endpoints); only when no executor serves it does the client get an error listing them.
+
 Replicas are chosen by least outstanding requests; a replica that fails with a transport error is
 skipped for a moment and the request is retried on another one (`retries`, -1 = each replica once, plus
 one more try after a short wait when there is a single replica).
@@ -24,7 +27,7 @@ import grpc
 from orchestra_nb.logs import get_logger
 from orchestra_nb.runtime.merge import merge_docs, sort_matches
 from orchestra_nb.runtime.when import compile_when
-from orchestra_nb.runtime.worker import STATUS_OK, STATUS_UNAVAILABLE
+from orchestra_nb.runtime.worker import STATUS_BAD_REQUEST, STATUS_OK, STATUS_UNAVAILABLE
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
 from orchestra_nb.wire import codec
 from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest, InfoRequest, InfoResponse
@@ -53,6 +56,10 @@ class Node:
     needs: list[str]
     when: Any = None
     successors: list[str] = field(default_factory=list)
+    endpoints: set[str] | None = None  # None until known; an empty set means a pass-through
+
+    def serves(self, endpoint: str) -> bool:
+        return self.endpoints is None or endpoint in self.endpoints or "*" in self.endpoints
 
     @property
     def name(self) -> str:
@@ -102,6 +109,29 @@ class Router:
         self.sinks = [n for n in self.order if n not in floating
                       and not any(s not in floating for s in self.nodes[n].successors)]
 
+    def set_endpoints(self, infos: dict[str, dict[str, Any]]) -> None:
+        """Record which endpoints each executor serves (from their Info)."""
+        for name, info in infos.items():
+            self.nodes[name].endpoints = set(info.get("endpoints", {}))
+
+    def unknown_endpoint(self, request: DataRequest) -> DataRequest | None:
+        """An error reply when no executor serves the endpoint (and some serve others)."""
+        endpoint = request.header.endpoint
+        known = [n.endpoints for n in self.nodes.values()]
+        if any(e is None for e in known) or not any(known):
+            return None
+        if any(n.serves(endpoint) for n in self.nodes.values()):
+            return None
+        served = sorted({ep for eps in known if eps for ep in eps if ep != "*"})
+        out = DataRequest()
+        out.header.CopyFrom(request.header)
+        out.header.status = STATUS_BAD_REQUEST
+        out.header.error.type = "UnknownEndpoint"
+        out.header.error.endpoint = endpoint
+        out.header.error.executor = ", ".join(self.nodes)
+        out.header.error.message = (f"no executor serves endpoint {endpoint!r}; the endpoints are {served}")
+        return out
+
     async def close(self) -> None:
         for task in list(self.floating_tasks):
             task.cancel()
@@ -112,6 +142,9 @@ class Router:
 
     async def route(self, request: DataRequest) -> DataRequest:
         header = request.header
+        error = self.unknown_endpoint(request)
+        if error is not None:
+            return error
         target = re.compile(header.target_executor) if header.target_executor else None
         results: dict[str, asyncio.Future[DataRequest]] = {}
         loop = asyncio.get_running_loop()
@@ -144,6 +177,8 @@ class Router:
             return request
         if target is not None and not target.search(node.name):
             return request
+        if not node.serves(request.header.endpoint):
+            return request  # executors that do not serve an endpoint pass its docs on
         if node.when is not None:
             request = self._filter(request, node.when)
         polling = node.spec.polling_for(request.header.endpoint)

@@ -1,0 +1,221 @@
+"""`%%orchestra` and `%orchestra`: start, inspect and stop orchestrations from cells.
+
+    %load_ext orchestra_nb.notebook
+
+    %%orchestra f --gpus RR
+    jtype: Flow
+    executors:
+      - name: up
+        uses: Upper
+
+The cell body is YAML, handed to `orchestra_nb.load_config` as text: IPython never variable-expands a
+cell magic's body, and the magic is registered without expansion of its line either, so `$VAR` and
+`${{ ENV.X }}` reach our own substitution untouched. The object is bound to NAME in the user namespace.
+
+Re-running the cell is the common case and must just work: the object NAME was bound to is closed
+first (rebinding would otherwise leave it running and unreachable). A *different* running orchestration
+with the same name is only closed with `--replace`; without it the magic refuses and says how to go on,
+so a cell never silently stops a Flow that another cell started. When the YAML gives no name, the
+orchestration takes NAME, so two magic cells never replace each other through the per-kernel registry.
+
+The magics are registered as plain functions with `register_magic_function` rather than through the
+`Magics` class decorators, which keeps this module the same on IPython 7.34 and 9 and typed under mypy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+__all__ = ["EXPORT_FORMATS", "load_ipython_extension"]
+
+EXPORT_FORMATS = ("yaml", "compose", "k8s", "kubernetes")
+_NO_VAR_EXPAND = "_ipython_magic_no_var_expand"  # what IPython's @no_var_expand sets (7.3 and later)
+
+
+def _usage_error(message: str) -> Exception:
+    from IPython.core.error import UsageError
+
+    error: Exception = UsageError(message)
+    return error
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would sys.exit; a magic must raise instead
+        raise _usage_error(f"{self.prog}: {message}\n{self.format_usage()}")
+
+
+def _cell_parser() -> _Parser:
+    p = _Parser(prog="%%orchestra", add_help=False)
+    p.add_argument("name", help="variable to bind the orchestration to")
+    p.add_argument("--replace", action="store_true",
+                   help="close a running orchestration of the same name started elsewhere")
+    p.add_argument("--gpus", default=None, help="gpus for every executor: a count, 'RR', or '0,1'")
+    p.add_argument("--tunnel", nargs="?", const="ngrok", default=None, help="expose over a tunnel")
+    p.add_argument("--export", nargs=2, metavar=("FORMAT", "PATH"), default=None,
+                   help=f"also write the config: FORMAT is one of {', '.join(EXPORT_FORMATS)}")
+    p.add_argument("--no-panel", action="store_true", help="do not display the panel")
+    return p
+
+
+def _gpus(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def _with_overrides(obj: Any, name: str, gpus: str | None) -> Any:
+    """A copy of `obj` named NAME (when the YAML gave no name) and with `gpus` on every executor."""
+    spec = obj.spec
+    update: dict[str, Any] = {}
+    if "name" not in spec.model_fields_set:
+        update["name"] = name
+    if gpus is not None:
+        if hasattr(spec, "executors"):
+            update["executors"] = [ex.model_copy(update={"gpus": _gpus(gpus)}) for ex in spec.executors]
+        else:
+            update["executor"] = spec.executor.model_copy(update={"gpus": _gpus(gpus)})
+    if not update:
+        return obj
+    return type(obj).from_spec(spec.model_copy(update=update), base_dir=obj.base_dir)
+
+
+def export(obj: Any, fmt: str, path: str) -> str:
+    """Write `obj`'s config as yaml, compose or k8s to `path`; returns the path."""
+    if fmt == "yaml":
+        obj.save_config(path)
+    elif fmt == "compose":
+        obj.to_docker_compose_yaml(path)
+    elif fmt in ("k8s", "kubernetes"):
+        obj.to_kubernetes_yaml(path)
+    else:
+        raise _usage_error(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    return path
+
+
+class OrchestraMagics:
+    """The state behind `%orchestra` / `%%orchestra`: the shell whose namespace we bind into."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+
+    # ---- lookup ----------------------------------------------------------------------------------
+    def find(self, name: str) -> Any:
+        """The orchestration bound to variable `name`, else the running one called `name`."""
+        from orchestra_nb.orchestration.base import Orchestration
+        from orchestra_nb.orchestration.registry import running
+
+        obj = self.shell.user_ns.get(name)
+        if isinstance(obj, Orchestration):
+            return obj
+        for obj in running():
+            if obj.name == name:
+                return obj
+        known = sorted({o.name for o in running()} | {k for k, v in self.shell.user_ns.items()
+                                                      if isinstance(v, Orchestration) and not k.startswith("_")})
+        raise _usage_error(f"no orchestration called {name!r}; known: {', '.join(known) or 'none'} "
+                           "(start one with %%orchestra NAME)")
+
+    # ---- %%orchestra -----------------------------------------------------------------------------
+    def cell(self, line: str, cell: str) -> None:
+        import orchestra_nb
+        from orchestra_nb.orchestration.base import Orchestration, State
+        from orchestra_nb.orchestration.registry import running
+
+        args = _cell_parser().parse_args(shlex.split(line))
+        if not args.name.isidentifier():
+            raise _usage_error(f"%%orchestra: {args.name!r} is not a valid Python variable name")
+        if not cell.strip():
+            raise _usage_error("%%orchestra: the cell is empty; write the Flow or Deployment YAML below "
+                               "the magic line")
+        obj = orchestra_nb.load_config(cell)
+        if not isinstance(obj, Orchestration):
+            raise _usage_error(f"%%orchestra: the YAML describes a {type(obj).__name__}, "
+                               "not a Flow or Deployment (check its jtype)")
+        obj = _with_overrides(obj, args.name, args.gpus)
+        if args.export is not None:
+            export(obj, *args.export)
+
+        previous = self.shell.user_ns.get(args.name)
+        if isinstance(previous, Orchestration) and previous.state is not State.CLOSED:
+            previous.close()  # a re-run rebinds NAME; the old object must not keep serving unseen
+        clash = [o for o in running() if o.name == obj.name and o is not previous]
+        if clash and not args.replace:
+            raise _usage_error(f"%%orchestra: a {type(clash[0]).__name__} named {obj.name!r} is already "
+                               "running (started by another cell); pass --replace to close it, or "
+                               "give this one another `name:` in the YAML")
+        obj.start()
+        self.shell.user_ns[args.name] = obj
+        if args.tunnel:
+            obj.expose(args.tunnel)
+        if not args.no_panel:
+            from orchestra_nb.notebook.display import ipython_display
+
+            ipython_display(obj)
+
+    # ---- %orchestra ------------------------------------------------------------------------------
+    def line(self, line: str) -> Any:
+        words = shlex.split(line)
+        usage = ("usage: %orchestra ls | status NAME | logs NAME [N] | stop NAME | "
+                 "scale NAME EXECUTOR N | export NAME FORMAT PATH")
+        if not words:
+            raise _usage_error(usage)
+        cmd, rest = words[0], words[1:]
+        arity = {"ls": (0, 0), "status": (1, 1), "logs": (1, 2), "stop": (1, 1), "scale": (3, 3),
+                 "export": (3, 3)}
+        if cmd not in arity:
+            raise _usage_error(f"%orchestra: unknown command {cmd!r}\n{usage}")
+        low, high = arity[cmd]
+        if not low <= len(rest) <= high:
+            raise _usage_error(f"%orchestra {cmd}: expected {low}" + (f"-{high}" if high != low else "")
+                               + f" argument(s), got {len(rest)}\n{usage}")
+        if cmd == "ls":
+            return self.ls()
+        obj = self.find(rest[0])
+        if cmd == "status":
+            from orchestra_nb.notebook.display import ipython_display
+
+            ipython_display(obj)
+        elif cmd == "logs":
+            n = int(rest[1]) if len(rest) > 1 else 50
+            print("\n".join(obj.logs(None, n)))
+        elif cmd == "stop":
+            obj.close()
+            print(f"stopped {type(obj).__name__} {obj.name!r}")
+        elif cmd == "scale":
+            if not callable(getattr(obj, "scale", None)):
+                raise _usage_error(f"%orchestra scale: {type(obj).__name__} cannot scale while running yet")
+            obj.scale(rest[1], int(rest[2]))
+        elif cmd == "export":
+            print(f"wrote {export(obj, rest[1], rest[2])}")
+        return None
+
+    def ls(self) -> None:
+        from orchestra_nb.orchestration.base import Orchestration
+        from orchestra_nb.orchestration.registry import running
+
+        bound = {id(v): k for k, v in self.shell.user_ns.items()
+                 if isinstance(v, Orchestration) and not k.startswith("_")}
+        objs = running()
+        if not objs:
+            print("no orchestration is running")
+        for obj in objs:
+            ports = ", ".join(f"{p}:{n}" for p, n in obj.ports.items())
+            var = bound.get(id(obj), "-")
+            print(f"{var:<12} {type(obj).__name__:<10} {obj.name:<16} {obj.state.value:<9} {ports}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register `%orchestra` and `%%orchestra` (called by `%load_ext`)."""
+    magics = OrchestraMagics(ipython)
+
+    def orchestra_line(line: str) -> Any:
+        return magics.line(line)
+
+    def orchestra_cell(line: str, cell: str) -> None:
+        magics.cell(line, cell)
+
+    for func in (orchestra_line, orchestra_cell):
+        setattr(func, _NO_VAR_EXPAND, True)
+        func.__doc__ = __doc__
+    ipython.register_magic_function(orchestra_line, magic_kind="line", magic_name="orchestra")
+    ipython.register_magic_function(orchestra_cell, magic_kind="cell", magic_name="orchestra")

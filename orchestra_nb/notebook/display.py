@@ -76,9 +76,10 @@ def endpoints(orch: Any, snap: dict[str, Any] | None = None) -> dict[str, str]:
     """Addresses to copy: gRPC and HTTP URLs, the OpenAPI page, a curl line and any public URL."""
     snap = snap or snapshot(orch)
     out: dict[str, str] = {}
-    ports = snap["ports"]
+    ports = snap["ports"] if snap["state"] in ("starting", "ready") else {}
     if "grpc" in ports:
         out["grpc"] = f"grpc://127.0.0.1:{ports['grpc']}"
+    endpoint = "/"
     if "http" in ports:
         base = f"http://127.0.0.1:{ports['http']}"
         out["http"] = base
@@ -94,10 +95,21 @@ def endpoints(orch: Any, snap: dict[str, Any] | None = None) -> dict[str, str]:
                 break
         out["curl"] = (f"curl -s -X POST {base}/post -H 'Content-Type: application/json' "
                        f"-d '{{\"on\": \"{endpoint}\", \"docs\": [{{\"text\": \"hello\"}}]}}'")
-    public = getattr(orch, "public_url", None) or getattr(getattr(orch, "_tunnel", None), "public_url", None)
-    if isinstance(public, str) and public:
-        out["public"] = public
+    tunnel = _tunnel(orch)
+    if tunnel is not None and ports:
+        out["public"] = tunnel.url
+        out["public curl"] = (f"curl -s -X POST {tunnel.url.rstrip('/')}/post -H 'Authorization: Bearer "
+                              f"{tunnel.token}' -H 'Content-Type: application/json' "
+                              f"-d '{{\"on\": \"{endpoint}\", \"docs\": [{{\"text\": \"hello\"}}]}}'")
     return out
+
+
+def _tunnel(orch: Any) -> Any:
+    try:
+        from orchestra_nb.notebook.tunnel import tunnel_of
+    except ImportError:  # the tunnel module is optional here; a missing one means no tunnel
+        return None
+    return tunnel_of(orch)
 
 
 def render_status_html(snap: dict[str, Any]) -> str:

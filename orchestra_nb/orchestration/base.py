@@ -251,9 +251,37 @@ class Orchestration:
         """Require `token` on every gateway request from now on (None turns auth off)."""
         self._ready_client()
         sup = self._supervisor
-        if sup.gateway is not None:
-            sup.gateway.send_control({"cmd": "set_token", "token": token})
+        if sup.gateway is not None and not sup.gateway.control({"cmd": "set_token", "token": token}):
+            raise LifecycleError("the gateway did not confirm the new token")
         self._client.token = token
+
+    def scale(self, name: str, replicas: int) -> None:
+        """Change an executor's replicas while serving; no request fails on the way."""
+        self._ready_client()
+        self._supervisor.scale(name, replicas)
+        self._sync_spec()
+
+    def reload(self, name: str, uses: Any = None, **changes: Any) -> None:
+        """Roll an executor's replicas one by one onto a new class (or re-imported code), no request lost.
+
+        In a notebook: re-run the cell that defines the class, then `f.reload('name', NewClass)`.
+        """
+        self._ready_client()
+        current = self._supervisor.spec.executor(name)
+        update = dict(changes)
+        if uses is not None:
+            update["uses"] = uses
+        self._supervisor.reload(name, current.model_copy(update=update) if update else None)
+        self._sync_spec()
+
+    def _sync_spec(self) -> None:
+        """Carry replica counts and classes changed at run time back into this object's spec."""
+
+    def dry_run(self) -> bool:
+        """Send an empty request through the whole graph; True when every hop answered."""
+        client, loop = self._ready_client()
+        loop.run(client.post("/_dry_run", None), timeout=30)
+        return True
 
     def __repr__(self) -> str:
         ports = ", ".join(f"{p}:{n}" for p, n in self.ports.items())

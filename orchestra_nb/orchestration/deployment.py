@@ -41,8 +41,8 @@ class Deployment(Orchestration):
             self._spec = DeploymentSpec(
                 name=name, log_config=kwargs.get("log_config"),
                 executor=ExecutorSpec(uses=uses, name=name, replicas=replicas, **ex),
-                gateway=GatewaySpec(protocol=protocol, port=port, host=host,
-                                    timeout_ready=ex.get("timeout_ready", 60.0), **gw))
+                gateway=GatewaySpec.model_validate({"protocol": protocol, "port": port, "host": host,
+                                                    "timeout_ready": ex.get("timeout_ready", 60.0), **gw}))
         except ValidationError as exc:
             raise config_error(exc, "Deployment options") from None
 
@@ -57,6 +57,10 @@ class Deployment(Orchestration):
     @property
     def spec(self) -> DeploymentSpec:
         return self._spec
+
+    def _sync_spec(self) -> None:
+        if self._supervisor is not None:
+            self._spec = self._spec.model_copy(update={"executor": self._supervisor.spec.executors[0]})
 
     def flow_spec(self) -> FlowSpec:
         return self._spec.to_flow_spec()

@@ -43,7 +43,8 @@ class Flow(Orchestration):
         try:
             self._spec = FlowSpec(name=name or "flow", log_config=kwargs.get("log_config"),
                                   env=kwargs.get("env") or {},
-                                  gateway=GatewaySpec(protocol=protocol, port=port, host=host, **gw))
+                                  gateway=GatewaySpec.model_validate({"protocol": protocol, "port": port,
+                                                                      "host": host, **gw}))
         except ValidationError as exc:
             raise config_error(exc, "Flow options") from None
 
@@ -61,6 +62,10 @@ class Flow(Orchestration):
 
     def flow_spec(self) -> FlowSpec:
         return self._spec
+
+    def _sync_spec(self) -> None:
+        if self._supervisor is not None:
+            self._spec = self._supervisor.spec
 
     @property
     def executors(self) -> list[ExecutorSpec]:
@@ -81,7 +86,7 @@ class Flow(Orchestration):
         if name in existing:
             raise TopologyError(f"an executor named {name!r} is already in the Flow; names must be unique")
         if needs is None:
-            needs = [existing[-1]] if existing else ["gateway"]
+            needs = [str(existing[-1])] if existing else ["gateway"]
         needs_list = [needs] if isinstance(needs, str) else list(needs)
         for n in needs_list:
             if n != "gateway" and n not in existing:

@@ -51,15 +51,26 @@ class Status:
 _control_handlers: list[Any] = []
 
 
-def on_control(handler: Any) -> None:
-    """Register `handler(message: dict)`, called on the child's event loop for each control message."""
+def on_control(handler: Any, status: Status) -> None:
+    """Register `handler(message: dict)` (sync or async), run on the child's event loop for each control
+    message; when the message carries an `ack` id, the parent is told once the handler has finished."""
     loop = asyncio.get_running_loop()
-    _control_handlers.append((loop, handler))
+
+    async def run(message: dict[str, Any]) -> None:
+        try:
+            result = handler(message)
+            if asyncio.iscoroutine(result):
+                await result
+        finally:
+            if "ack" in message:
+                status.send("ack", id=message["ack"])
+
+    _control_handlers.append((loop, run))
 
 
 def _dispatch(message: dict[str, Any]) -> None:
-    for loop, handler in list(_control_handlers):
-        loop.call_soon_threadsafe(handler, message)
+    for loop, run in list(_control_handlers):
+        loop.call_soon_threadsafe(lambda m=message, r=run: asyncio.ensure_future(r(m)))
 
 
 def _watch_lifeline() -> None:
@@ -129,4 +140,8 @@ def install_stop_handler(stop: asyncio.Event) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # run the imported module's main, not this __main__ copy: worker and gateway code import
+    # orchestra_nb.runtime.child, and the control handlers they register must be the ones dispatched to
+    from orchestra_nb.runtime.child import main as _main
+
+    _main()

@@ -72,12 +72,16 @@ class Gateway:
         self.requests = 0
         self.token: str | None = spec.gateway.token
 
-    def control(self, message: dict[str, Any]) -> None:
-        """Messages from the parent: `set_token` turns auth on (or off with None)."""
-        if message.get("cmd") == "set_token":
+    async def control(self, message: dict[str, Any]) -> None:
+        """Messages from the parent: `set_token` turns auth on (or off with None); `set_addresses`
+        replaces an executor's replica addresses (scaling, rolling reloads), draining removed ones."""
+        cmd = message.get("cmd")
+        if cmd == "set_token":
             token = message.get("token")
             self.token = token if isinstance(token, str) and token else None
             log.info("token auth %s", "on" if self.token else "off")
+        elif cmd == "set_addresses":
+            await self.router.set_addresses(message["executor"], message["addresses"])
 
     async def call(self, request: DataRequest, context: Any) -> DataRequest:
         self.requests += 1
@@ -123,7 +127,7 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
     host = config.get("host", gw.host)
     ports: dict[str, int] = config["ports"]
     deadline = time.monotonic() + gw.timeout_ready
-    on_control(gateway.control)
+    on_control(gateway.control, status)
     interceptors = [TokenInterceptor(gateway)]
     grpc_server = None
     if "grpc" in gw.protocol:

@@ -48,6 +48,9 @@ class ChildProcess:
         self.started_at = 0.0
         self.stopping = False
         self._threads: list[threading.Thread] = []
+        self._acks: set[int] = set()
+        self._ack_cond = threading.Condition()
+        self._next_ack = 0
 
     @property
     def pid(self) -> int | None:
@@ -116,6 +119,10 @@ class ChildProcess:
             self.state = "failed"
         elif kind == "stopped":
             self.state = "stopping"
+        elif kind == "ack":
+            with self._ack_cond:
+                self._acks.add(int(event.get("id", -1)))
+                self._ack_cond.notify_all()
 
     def _read_output(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stdout is not None
@@ -134,6 +141,22 @@ class ChildProcess:
         with contextlib.suppress(OSError, ValueError):
             self.proc.stdin.write(json.dumps(message).encode() + b"\n")
             self.proc.stdin.flush()
+
+    def control(self, message: dict[str, Any], timeout: float = 10.0) -> bool:
+        """Send a control message and wait until the child says it has applied it."""
+        with self._ack_cond:
+            self._next_ack += 1
+            ack = self._next_ack
+        self.send_control({**message, "ack": ack})
+        deadline = time.monotonic() + timeout
+        with self._ack_cond:
+            while ack not in self._acks:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.done.is_set():
+                    return False
+                self._ack_cond.wait(min(left, 0.1))
+            self._acks.discard(ack)
+        return True
 
     def wait_ready(self, timeout: float) -> bool:
         return self.ready.wait(timeout) and self.failure is None and self.state == "ready"

@@ -206,6 +206,97 @@ class Supervisor:
         spec = child.config.get("spec")
         return spec if isinstance(spec, ExecutorSpec) else None
 
+    # ---- changes while running: scale, rolling reload ---------------------------------------------
+    def _executor_index(self, name: str) -> int:
+        for i, ex in enumerate(self.spec.executors):
+            if ex.name == name:
+                return i
+        raise KeyError(f"no executor named {name!r}; the Flow has {[e.name for e in self.spec.executors]}")
+
+    def _replace_spec(self, name: str, new: ExecutorSpec) -> None:
+        index = self._executor_index(name)
+        executors = list(self.spec.executors)
+        executors[index] = new
+        self.spec = self.spec.model_copy(update={"executors": executors})
+
+    def _start_replica(self, ex: ExecutorSpec, shard: int, replica: int) -> tuple[ChildProcess, str]:
+        from orchestra_nb.runtime.devices import assign_devices
+
+        name = ex.name or "executor"
+        address = f"{ex.host}:{free_port(ex.host)}"
+        envs = assign_devices(ex.model_copy(update={"replicas": max(ex.replicas, replica + 1)}))
+        device_env = dict(envs.get((shard, replica), {"_device": "cpu"}))
+        config, env = self._worker_config(ex, shard, replica, address, device_env)
+        child = ChildProcess(str(ReplicaKey(name, shard, replica)), config, env, on_line=self._line,
+                             on_exit=self._exited)
+        child.start()
+        if not child.wait_ready(ex.timeout_ready):
+            error = self._startup_error(child)
+            child.terminate()
+            child.release()
+            raise error
+        return child, address
+
+    def _publish(self, name: str) -> None:
+        """Tell the gateway the executor's current replica addresses and wait until it applied them."""
+        assert self.gateway is not None
+        if not self.gateway.control({"cmd": "set_addresses", "executor": name, "addresses": self.addresses[name]}):
+            raise RuntimeError("the gateway did not confirm the new replica addresses")
+
+    def _retire(self, child: ChildProcess) -> None:
+        child.terminate()
+        if not child.join(10):
+            child.kill()
+        child.release()
+
+    def scale(self, name: str, replicas: int) -> None:
+        """Change the number of replicas per shard while serving, without failing a request."""
+        if replicas < 1:
+            raise ValueError("replicas must be at least 1")
+        with self._lock:
+            ex = self.spec.executors[self._executor_index(name)]
+            current = ex.replicas
+            if replicas == current:
+                return
+            new_spec = ex.model_copy(update={"replicas": replicas})
+            if replicas > current:
+                for shard in range(ex.shards):
+                    for r in range(current, replicas):
+                        child, address = self._start_replica(new_spec, shard, r)
+                        self.workers[ReplicaKey(name, shard, r)] = child
+                        self.addresses[name][shard].append(address)
+                self._replace_spec(name, new_spec)
+                self._publish(name)
+                return
+            retired = []
+            for shard in range(ex.shards):
+                del self.addresses[name][shard][replicas:]
+                for r in range(replicas, current):
+                    retired.append(self.workers.pop(ReplicaKey(name, shard, r)))
+            self._replace_spec(name, new_spec)
+            self._publish(name)
+        for child in retired:
+            self._retire(child)
+
+    def reload(self, name: str, new_spec: ExecutorSpec | None = None) -> None:
+        """Roll every replica of an executor, one at a time: start the new one, wait until it is
+        ready, switch the gateway to it, then stop the old one."""
+        with self._lock:
+            ex = new_spec or self.spec.executors[self._executor_index(name)]
+            if ex.replicas != self.spec.executors[self._executor_index(name)].replicas:
+                raise ValueError("reload keeps the number of replicas; use scale() to change it")
+            self._replace_spec(name, ex)
+            for shard in range(ex.shards):
+                for r in range(ex.replicas):
+                    key = ReplicaKey(name, shard, r)
+                    old = self.workers[key]
+                    child, address = self._start_replica(ex, shard, r)
+                    self.workers[key] = child
+                    self.addresses[name][shard][r] = address
+                    self._publish(name)
+                    old.stopping = True
+                    self._retire(old)
+
     # ---- stop ----------------------------------------------------------------------------------
     def close(self, grace: float = 5.0) -> None:
         with self._lock:

@@ -35,6 +35,7 @@ from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest, InfoRequest,
 __all__ = ["Replica", "Router"]
 
 log = get_logger("gateway")
+DRY_RUN = "/_dry_run"  # reaches every executor, which answers without calling a handler
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN,
               grpc.StatusCode.INTERNAL}
 
@@ -117,6 +118,8 @@ class Router:
     def unknown_endpoint(self, request: DataRequest) -> DataRequest | None:
         """An error reply when no executor serves the endpoint (and some serve others)."""
         endpoint = request.header.endpoint
+        if endpoint == DRY_RUN:
+            return None
         known = [n.endpoints for n in self.nodes.values()]
         if any(e is None for e in known) or not any(known):
             return None
@@ -131,6 +134,23 @@ class Router:
         out.header.error.executor = ", ".join(self.nodes)
         out.header.error.message = (f"no executor serves endpoint {endpoint!r}; the endpoints are {served}")
         return out
+
+    async def set_addresses(self, name: str, addresses: list[list[str]]) -> None:
+        """Swap an executor's replicas; a removed replica's channel closes once its requests finish."""
+        node = self.nodes[name]
+        old = {r.address: r for shard in node.shards for r in shard}
+        node.shards = [[old.get(a) or _replica(a, node.spec.max_message_size) for a in shard]
+                       for shard in addresses]
+        kept = {a for shard in addresses for a in shard}
+        for address, rep in old.items():
+            if address not in kept:
+                asyncio.ensure_future(self._drain(rep))
+
+    async def _drain(self, rep: Replica) -> None:
+        deadline = time.monotonic() + 30
+        while rep.outstanding and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await rep.channel.close()
 
     async def close(self) -> None:
         for task in list(self.floating_tasks):
@@ -177,7 +197,7 @@ class Router:
             return request
         if target is not None and not target.search(node.name):
             return request
-        if not node.serves(request.header.endpoint):
+        if not node.serves(request.header.endpoint) and request.header.endpoint != DRY_RUN:
             return request  # executors that do not serve an endpoint pass its docs on
         if node.when is not None:
             request = self._filter(request, node.when)

@@ -106,6 +106,8 @@ class WorkerServicer:
 
     async def _call(self, request: DataRequest) -> DataRequest:
         endpoint = request.header.endpoint
+        if endpoint == "/_dry_run":
+            return request
         handler = self.handlers.get(endpoint) or self.handlers.get(DEFAULT)
         if handler is None:
             if not self.handlers:  # an executor without handlers forwards the docs unchanged

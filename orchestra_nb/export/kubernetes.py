@@ -1,0 +1,197 @@
+"""Kubernetes export: a folder that `kubectl apply -f` takes as it stands.
+
+Layout: `00-namespace.yml`, `gateway.yml`, and `<executor>.yml` per executor; each file holds that
+component's ConfigMap (the Flow YAML, mounted read-only at /app/flow.yml through `subPath`, so the
+image's /app/executors stays visible), its workload and its Service. The build context goes next to the
+folder (not inside it, where `kubectl apply -R` would try to apply flow.yml).
+
+Per executor shard: a Deployment with `spec.replicas` = the executor's replicas, or a StatefulSet with a
+volumeClaimTemplate when the executor has volumes (`ORCHESTRA_K8S_ACCESS_MODES` — comma-separated,
+default ReadWriteOnce —, `ORCHESTRA_K8S_STORAGE_CLASS_NAME`, `ORCHESTRA_K8S_STORAGE_CAPACITY` — default
+10G — shape the claim). A shard's replicas share one Service, and the gateway addresses each shard by
+its service DNS name; it opens one gRPC channel per address, so the Service's kube-proxy spreads
+connections (not single requests) over the replicas. Probes use Kubernetes' native gRPC probe against
+the standard health service (GA since Kubernetes 1.27).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestra_nb.errors import ConfigError
+from orchestra_nb.export._plan import (
+    EXECUTOR_PORT,
+    FLOW_FILE,
+    dns_name,
+    executor_command,
+    gateway_command,
+    gateway_ports,
+    gpu_request,
+    volume_target,
+)
+from orchestra_nb.export.context import BuildContext, build_context, default_build_dir
+from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
+
+__all__ = ["kubernetes_objects", "to_kubernetes_yaml"]
+
+
+def _labels(flow: str, component: str, shard: int | None = None) -> dict[str, str]:
+    labels = {"app": component, "app.kubernetes.io/part-of": flow,
+              "app.kubernetes.io/managed-by": "orchestra-nb"}
+    if shard is not None:
+        labels["orchestra-nb/shard"] = str(shard)
+    return labels
+
+
+def _env(env: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": k, "value": v} for k, v in env.items()]
+
+
+def _config_map(name: str, namespace: str, labels: dict[str, str], flow_yaml: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "data": {"flow.yml": flow_yaml}}
+
+
+def _probes(port: int | None, http_port: int | None) -> dict[str, Any]:
+    if port is not None:
+        probe: dict[str, Any] = {"grpc": {"port": port}}
+    else:
+        probe = {"httpGet": {"path": "/health", "port": http_port}}
+    return {
+        "startupProbe": {**probe, "periodSeconds": 5, "failureThreshold": 60},
+        "readinessProbe": {**probe, "periodSeconds": 5, "timeoutSeconds": 5},
+        "livenessProbe": {**probe, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+    }
+
+
+def _claim(name: str) -> dict[str, Any]:
+    modes = [m.strip() for m in os.environ.get("ORCHESTRA_K8S_ACCESS_MODES", "ReadWriteOnce").split(",")
+             if m.strip()]
+    allowed = {"ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"}
+    bad = [m for m in modes if m not in allowed]
+    if bad or not modes:
+        raise ConfigError(f"ORCHESTRA_K8S_ACCESS_MODES={os.environ.get('ORCHESTRA_K8S_ACCESS_MODES')!r}: "
+                          f"give comma-separated access modes from {sorted(allowed)}")
+    spec: dict[str, Any] = {"accessModes": modes, "resources": {"requests": {
+        "storage": os.environ.get("ORCHESTRA_K8S_STORAGE_CAPACITY", "10G")}}}
+    storage_class = os.environ.get("ORCHESTRA_K8S_STORAGE_CLASS_NAME")
+    if storage_class:
+        spec["storageClassName"] = storage_class
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+def _pod(container: dict[str, Any], config_map: str, labels: dict[str, str]) -> dict[str, Any]:
+    container.setdefault("volumeMounts", []).append(
+        {"name": "flow-config", "mountPath": FLOW_FILE, "subPath": "flow.yml", "readOnly": True})
+    return {"metadata": {"labels": labels}, "spec": {
+        "containers": [container],
+        "volumes": [{"name": "flow-config", "configMap": {"name": config_map}}],
+    }}
+
+
+def _executor_objects(spec: FlowSpec, ex: ExecutorSpec, ctx: BuildContext, namespace: str,
+                      flow: str) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    name = ex.name or "executor"
+    base = dns_name(name, "executor name")
+    config_map = f"{base}-config"
+    objects: list[dict[str, Any]] = [_config_map(config_map, namespace, _labels(flow, base), ctx.flow_yaml)]
+    addresses = []
+    for shard in range(ex.shards):
+        component = base if ex.shards == 1 else f"{base}-{shard}"
+        labels = _labels(flow, component, shard if ex.shards > 1 else None)
+        container: dict[str, Any] = {
+            "name": "executor", "image": ctx.images[name], "imagePullPolicy": "IfNotPresent",
+            "command": executor_command(name, shard, None, ex.shards),
+            "ports": [{"name": "grpc", "containerPort": EXECUTOR_PORT}],
+            "env": _env({**spec.env, **ex.env}),
+            **_probes(EXECUTOR_PORT, None),
+        }
+        count, _ids = gpu_request(ex)
+        if count:
+            container["resources"] = {"limits": {"nvidia.com/gpu": count}}
+        claims = []
+        for index, volume in enumerate(ex.volumes):
+            _source, target = volume_target(volume)
+            claim = f"{component}-data-{index}"
+            claims.append(_claim(claim))
+            container.setdefault("volumeMounts", []).append({"name": claim, "mountPath": target})
+        pod = _pod(container, config_map, labels)
+        meta = {"name": component, "namespace": namespace, "labels": labels}
+        workload: dict[str, Any] = {"replicas": ex.replicas, "selector": {"matchLabels": {"app": component}},
+                                    "template": pod}
+        if claims:
+            workload.update(serviceName=component, volumeClaimTemplates=claims)
+            objects.append({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": workload})
+        else:
+            objects.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": workload})
+        objects.append({"apiVersion": "v1", "kind": "Service", "metadata": dict(meta), "spec": {
+            "type": "ClusterIP", "selector": {"app": component},
+            "ports": [{"name": "grpc", "port": EXECUTOR_PORT, "targetPort": EXECUTOR_PORT,
+                       "protocol": "TCP", "appProtocol": "grpc"}]}})
+        addresses.append((name, f"{component}.{namespace}.svc:{EXECUTOR_PORT}"))
+    return objects, addresses
+
+
+def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The objects of the export, per file name."""
+    flow = dns_name(spec.name, "Flow name")
+    ns = dns_name(namespace, "k8s_namespace") if namespace else flow
+    files: dict[str, list[dict[str, Any]]] = {
+        "00-namespace.yml": [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}]}
+    addresses: list[tuple[str, str]] = []
+    for ex in spec.executors:
+        objects, addrs = _executor_objects(spec, ex, ctx, ns, flow)
+        file = f"{dns_name(ex.name or 'executor')}.yml"
+        if file in files or file == "gateway.yml":
+            raise ConfigError(f"executor {ex.name!r} would be written to {file}, which another executor (or "
+                              "the gateway) already uses; rename one of them")
+        files[file] = objects
+        addresses += addrs
+    ports = gateway_ports(spec)
+    labels = _labels(flow, "gateway")
+    container: dict[str, Any] = {
+        "name": "gateway", "image": ctx.images["gateway"], "imagePullPolicy": "IfNotPresent",
+        "command": gateway_command(spec, addresses),
+        "ports": [{"name": p, "containerPort": port} for p, port in ports.items()],
+        "env": _env({**spec.env, **spec.gateway.env}),
+        **_probes(ports.get("grpc"), ports.get("http")),
+    }
+    meta = {"name": "gateway", "namespace": ns, "labels": labels}
+    files["gateway.yml"] = [
+        _config_map("gateway-config", ns, labels, ctx.flow_yaml),
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
+            "replicas": 1, "selector": {"matchLabels": {"app": "gateway"}},
+            "template": _pod(container, "gateway-config", labels)}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": dict(meta), "spec": {
+            "type": "ClusterIP", "selector": {"app": "gateway"},
+            "ports": [{"name": p, "port": port, "targetPort": port, "protocol": "TCP",
+                       **({"appProtocol": "grpc"} if p == "grpc" else {})} for p, port in ports.items()]}},
+    ]
+    return files
+
+
+def to_kubernetes_yaml(spec: FlowSpec, output_base_path: str, k8s_namespace: str | None = None, *,
+                       build_dir: str | None = None, image_prefix: str = "", base_dir: str | None = None,
+                       orchestra_requirement: str | None = None) -> str:
+    """Write the manifests of `spec` into the folder `output_base_path` and its build context next to it.
+
+    Returns every object as one multi-document YAML string. Build the images with the generated
+    `build.sh` (and push them when `image_prefix` names a registry) before `kubectl apply -f`.
+    """
+    ctx = build_context(spec, image_prefix=image_prefix, base_dir=base_dir,
+                        orchestra_requirement=orchestra_requirement)
+    files = kubernetes_objects(spec, ctx, k8s_namespace)
+    out = Path(output_base_path).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    texts = []
+    for file, objects in files.items():
+        text = yaml.safe_dump_all(objects, sort_keys=False)
+        (out / file).write_text(text, encoding="utf-8")
+        texts.append(text)
+    ctx.write(Path(build_dir).resolve() if build_dir else default_build_dir(out, spec))
+    return "---\n".join(texts)

@@ -339,6 +339,7 @@ def tunnel_of(orch: Any) -> Tunnel | None:
 
 def expose(orch: Any, provider: str = "ngrok", token: str | None = None, **options: Any) -> Tunnel:
     """Turn on token auth at `orch`'s gateway, then open a public URL to its HTTP port."""
+    _check_http(orch)
     with orch._lock:
         orch._ready_client()  # LifecycleError unless ready
         current = orch.__dict__.get("_tunnel")
@@ -347,7 +348,6 @@ def expose(orch: Any, provider: str = "ngrok", token: str | None = None, **optio
                 return current.tunnel
             raise LifecycleError(f"{orch._kind} {orch.name!r} is already exposed at {current.tunnel.url} "
                                  f"through {current.tunnel.provider!r}; call unexpose() first")
-        _check_http(orch)
         gw = orch.flow_spec().gateway
         made = _make_provider(provider, options)  # every check happens here, before anything changes
         previous = orch._client.token

@@ -11,7 +11,8 @@ The "public" URL is a loopback port whose connections are forwarded byte for byt
 HTTP/1.1 and HTTP/2 (gRPC) both pass, as through a real tunnel. Like the real agent, it refuses to start
 without an authtoken (config file ``agent.authtoken``, ``--authtoken`` or ``NGROK_AUTHTOKEN``): it logs
 an ``lvl=eror`` line with ``err=`` and exits 1. ``FAKE_NGROK_RECORD`` names a file to which each start
-appends its argv as a JSON line, so a test can check how it was started. Standard library and PyYAML
+appends a JSON line (argv, pid, session id, the authtoken found, config version), so a test can
+check how it was started. Standard library and PyYAML
 only (PyYAML is a dependency of pyngrok).
 """
 
@@ -157,10 +158,6 @@ async def serve(config: dict[str, Any], config_version: str) -> None:
 
 
 def main(argv: list[str]) -> int:
-    record = os.environ.get("FAKE_NGROK_RECORD")
-    if record:
-        with open(record, "a") as f:
-            f.write(json.dumps({"argv": argv, "pid": os.getpid(), "sid": os.getsid(0)}) + "\n")
     if argv[:1] in (["--version"], ["version"]):
         print(f"ngrok version {VERSION}")
         return 0
@@ -179,6 +176,11 @@ def main(argv: list[str]) -> int:
     version = str(config.get("version", "2"))
     authtoken = option(argv, "--authtoken") or (config.get("agent") or {}).get("authtoken") \
         or config.get("authtoken") or os.environ.get("NGROK_AUTHTOKEN")
+    record = os.environ.get("FAKE_NGROK_RECORD")
+    if record:
+        with open(record, "a") as f:
+            f.write(json.dumps({"argv": argv, "pid": os.getpid(), "sid": os.getsid(0), "authtoken": authtoken,
+                                "config_version": version}) + "\n")
     if not authtoken:
         log("eror", "failed to reconnect session", obj="tunnels.session",
             err="authentication failed: Usage of ngrok requires a verified account and authtoken.")

@@ -117,3 +117,30 @@ def test_restart_never_keeps_it_down() -> None:
         poll_for(lambda: child.done.is_set(), timeout=10, what="exit noticed")
         assert child.restarts == 0 and child.state == "exited"
         assert not f.is_ready()
+
+
+def test_metrics_count_exactly_the_requests() -> None:
+    import httpx
+
+    f = Flow(protocol=["grpc", "http"], metrics=True).add(uses=Tagger, name="a").add(uses=Tagger, name="b",
+                                                                                      replicas=2)
+    with f:
+        n = 37
+        for i in range(n):
+            f.post("/x", [Doc(text=str(i)), Doc()])
+        status = f.status()
+        text = httpx.get(f"http://127.0.0.1:{status['metrics_port']}/metrics", timeout=10).text
+        assert "orchestra_gateway_requests_total" in httpx.get(f"http://127.0.0.1:{f.ports['http']}/metrics", timeout=10).text
+        for name in ("a", "b"):
+            assert f'orchestra_gateway_requests_total{{endpoint="/x",executor="{name}"}} {float(n)}' in text
+        for name in ("a", "b"):
+            total = 0.0
+            docs = 0.0
+            for rep in status["executors"][name]:
+                scraped = httpx.get(f"http://127.0.0.1:{rep['metrics_port']}/metrics", timeout=10).text
+                for line in scraped.splitlines():
+                    if line.startswith(f'orchestra_executor_requests_total{{endpoint="/x",executor="{name}"}}'):
+                        total += float(line.split()[-1])
+                    if line.startswith(f'orchestra_executor_docs_total{{endpoint="/x",executor="{name}"}}'):
+                        docs += float(line.split()[-1])
+            assert total == n and docs == 2 * n

@@ -71,6 +71,7 @@ class Gateway:
         self.started = time.time()
         self.requests = 0
         self.token: str | None = spec.gateway.token
+        self.metrics_port: int | None = None
 
     async def control(self, message: dict[str, Any]) -> None:
         """Messages from the parent: `set_token` turns auth on (or off with None); `set_addresses`
@@ -104,7 +105,7 @@ class Gateway:
         return {
             "name": self.spec.name, "version": __version__, "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 3), "requests": self.requests,
-            "decoded_payloads": self.router.decoded,
+            "decoded_payloads": self.router.decoded, "metrics_port": self.metrics_port,
             "protocols": self.spec.gateway.protocol,
             "topology": {n: {"needs": node.needs, "floating": n in self.router.floating,
                              "shards": len(node.shards), "replicas": node.spec.replicas}
@@ -128,6 +129,12 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
     ports: dict[str, int] = config["ports"]
     deadline = time.monotonic() + gw.timeout_ready
     on_control(gateway.control, status)
+    if config.get("metrics_port"):
+        from orchestra_nb.runtime.metrics import GatewayMetrics, serve_metrics
+
+        gateway.router.metrics = GatewayMetrics()
+        serve_metrics(gateway.router.metrics.registry, host, config["metrics_port"])
+        gateway.metrics_port = config["metrics_port"]
     interceptors = [TokenInterceptor(gateway)]
     grpc_server = None
     if "grpc" in gw.protocol:

@@ -161,6 +161,15 @@ def build_app(gateway: Any) -> FastAPI:
         check_token(request)
         return JSONResponse(await gateway.status())
 
+    @app.get("/metrics", summary="Prometheus metrics of the gateway (with metrics=True)")
+    async def metrics_route() -> Any:
+        from fastapi.responses import PlainTextResponse, Response
+
+        metrics = gateway.router.metrics
+        if metrics is None:
+            return PlainTextResponse("metrics are off: start the Flow with metrics=True", status_code=404)
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
     original_openapi = app.openapi
 
     def openapi() -> dict[str, Any]:

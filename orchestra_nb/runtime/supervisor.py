@@ -97,6 +97,7 @@ class Supervisor:
             "port": int(port), "base_dir": self.base_dir, "device": device_env.pop("_device", "cpu"),
             "title": f"orchestra-nb: {self.spec.name}/{name}/{replica}" + (f"/shard{shard}" if ex.shards > 1 else ""),
             "log_name": name, "log_config": self.spec.log_config,
+            "metrics_port": free_port(host) if self.spec.gateway.metrics else None,
         }
         env = {**self.spec.env, **ex.env, **device_env}
         return config, env
@@ -117,7 +118,8 @@ class Supervisor:
         gw = self.spec.gateway
         config = {"kind": "gateway", "spec": gateway_view(self.spec), "addresses": self.addresses,
                   "ports": self.ports, "host": gw.host, "title": f"orchestra-nb: {self.spec.name}/gateway",
-                  "log_name": "gateway", "log_config": self.spec.log_config}
+                  "log_name": "gateway", "log_config": self.spec.log_config,
+                  "metrics_port": free_port(gw.host) if gw.metrics else None}
         self.gateway = ChildProcess("gateway", config, {**self.spec.env, **gw.env}, on_line=self._line,
                                     on_exit=self._exited)
 

@@ -92,6 +92,7 @@ class Router:
     def __init__(self, spec: FlowSpec, addresses: dict[str, list[list[str]]]) -> None:
         self.spec = spec
         self.decoded = 0
+        self.metrics: Any = None
         self.floating_tasks: set[asyncio.Task[Any]] = set()
         self.nodes: dict[str, Node] = {}
         for ex in spec.executors:
@@ -206,7 +207,7 @@ class Router:
             shards = sorted(node.shards, key=lambda s: min(r.outstanding for r in s))[:1]
         else:
             shards = node.shards
-        replies = await asyncio.gather(*(self._send(node, shard, request) for shard in shards))
+        replies = await asyncio.gather(*(self._measured(node, shard, request) for shard in shards))
         if len(replies) == 1:
             return replies[0]
         return self._join(list(replies), reduce=True)
@@ -239,6 +240,23 @@ class Router:
         merged = merge_docs([codec.decode(r.docs) for r in replies])
         out.docs = codec.encode(sort_matches(merged) if reduce else merged)
         return out
+
+    async def _measured(self, node: Node, shard: list[Replica], request: DataRequest) -> DataRequest:
+        metrics = self.metrics
+        if metrics is None or request.header.endpoint == DRY_RUN:
+            return await self._send(node, shard, request)
+        labels = (node.name, request.header.endpoint)
+        metrics.inflight.labels(node.name).inc()
+        started = time.perf_counter()
+        try:
+            reply = await self._send(node, shard, request)
+        finally:
+            metrics.inflight.labels(node.name).dec()
+        metrics.requests.labels(*labels).inc()
+        metrics.seconds.labels(*labels).observe(time.perf_counter() - started)
+        if reply.header.status != STATUS_OK:
+            metrics.errors.labels(*labels).inc()
+        return reply
 
     def _pick(self, shard: list[Replica], tried: set[int]) -> Replica | None:
         now = time.monotonic()

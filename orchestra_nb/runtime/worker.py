@@ -75,6 +75,9 @@ class WorkerServicer:
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orchestra-nb-handler")
         self.stop = stop
         self.stats = Stats()
+        self.metrics: Any = None
+        self.metrics_port: int | None = None
+        self.last_docs = 0
 
     def _reply(self, request: DataRequest, status: int, *, exc_type: str = "", message: str = "",
                tb: str = "") -> DataRequest:
@@ -100,8 +103,25 @@ class WorkerServicer:
 
     async def call(self, request: DataRequest, context: Any) -> DataRequest:
         started = time.perf_counter()
-        reply = await self._call(request)
-        self.stats.record(time.perf_counter() - started, reply.header.status == STATUS_OK)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.inflight.labels(self.name).inc()
+        try:
+            reply = await self._call(request)
+        finally:
+            if metrics is not None:
+                metrics.inflight.labels(self.name).dec()
+        elapsed = time.perf_counter() - started
+        ok = reply.header.status == STATUS_OK
+        self.stats.record(elapsed, ok)
+        if metrics is not None and request.header.endpoint != "/_dry_run":
+            labels = (self.name, request.header.endpoint)
+            metrics.requests.labels(*labels).inc()
+            metrics.seconds.labels(*labels).observe(elapsed)
+            if not ok:
+                metrics.errors.labels(*labels).inc()
+            else:
+                metrics.docs.labels(*labels).inc(self.last_docs)
         return reply
 
     async def _call(self, request: DataRequest) -> DataRequest:
@@ -119,6 +139,7 @@ class WorkerServicer:
         try:
             parameters = self._parameters(request.header.parameters)
             docs = [handler.input_type.model_validate(d) for d in codec.decode(request.docs)]
+            self.last_docs = len(docs)
         except ValidationError as exc:
             return self._reply(request, STATUS_BAD_REQUEST, exc_type="ValidationError",
                                message=f"docs do not match {handler.input_type.__name__}: {_short(exc)}")
@@ -163,7 +184,8 @@ class WorkerServicer:
             }
         return {"name": self.name, "class": type(self.executor).__name__, "pid": os.getpid(),
                 "replica": ra.replica_id, "shard": ra.shard_id, "device": ra.device,
-                "endpoints": endpoints, "stats": self.stats.summary()}
+                "endpoints": endpoints, "stats": self.stats.summary(),
+                "metrics_port": self.metrics_port}
 
 
 def _schema(model: type[Any]) -> dict[str, Any]:
@@ -214,6 +236,12 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
     })])
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if config.get("metrics_port"):
+        from orchestra_nb.runtime.metrics import ExecutorMetrics, serve_metrics
+
+        servicer.metrics = ExecutorMetrics()
+        servicer.metrics_port = config["metrics_port"]
+        serve_metrics(servicer.metrics.registry, config.get("host", "127.0.0.1"), config["metrics_port"])
     address = f"{config.get('host', '127.0.0.1')}:{config['port']}"
     port = server.add_insecure_port(address)
     await server.start()

@@ -144,3 +144,29 @@ def test_metrics_count_exactly_the_requests() -> None:
                     if line.startswith(f'orchestra_executor_docs_total{{endpoint="/x",executor="{name}"}}'):
                         docs += float(line.split()[-1])
             assert total == n and docs == 2 * n
+
+
+HOT_V1 = """
+from orchestra_nb import Executor, requests
+
+class Hot(Executor):
+    @requests
+    def answer(self, docs):
+        for d in docs:
+            d.text = "VERSION-1"
+"""
+
+
+def test_file_edit_under_reload_rolls_replicas(tmp_path: Path) -> None:
+    module = tmp_path / "hot_exec.py"
+    module.write_text(HOT_V1)
+    f = Flow().add(uses="Hot", py_modules=[str(module)], name="hot", replicas=2, reload=True)
+    with f:
+        assert f.post("/x", Doc())[0].text == "VERSION-1"
+        old = set(f.pids())
+        module.write_text(HOT_V1.replace("VERSION-1", "VERSION-2"))
+        poll_for(lambda: f.post("/x", Doc())[0].text == "VERSION-2", timeout=30, what="new code to answer")
+        poll_for(lambda: f._reloader.reloads >= 1, timeout=10, what="reload counted")
+        answers = {f.post("/x", Doc())[0].text for _ in range(10)}
+        assert answers == {"VERSION-2"}
+        assert len(old & set(f.pids())) == 1  # only the gateway is the same process

@@ -41,6 +41,7 @@ class Orchestration:
         self._client: Any = None
         self._lock = threading.RLock()
         self._listeners: list[Any] = []
+        self._reloader: Any = None
 
     # ---- spec ----------------------------------------------------------------------------------
     @property
@@ -85,6 +86,11 @@ class Orchestration:
                 registry.unregister(self)
                 raise
             self.state = State.READY
+            if any(ex.reload for ex in spec.executors):
+                from orchestra_nb.runtime.reloader import Reloader
+
+                self._reloader = Reloader(self, self.base_dir)
+                self._reloader.start()
         return self
 
     def _on_line(self, key: str, line: str) -> None:
@@ -92,6 +98,9 @@ class Orchestration:
             listener(key, line)
 
     def _teardown(self) -> None:
+        if self._reloader is not None:
+            self._reloader.stop()
+            self._reloader = None
         if self._loop is not None and self._client is not None:
             try:
                 self._loop.run(self._client.close(), timeout=5)

@@ -25,12 +25,14 @@ The magics are registered as plain functions with `register_magic_function` rath
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 from typing import Any
 
 __all__ = ["EXPORT_FORMATS", "load_ipython_extension"]
 
 EXPORT_FORMATS = ("yaml", "compose", "k8s", "kubernetes")
+_PLACEHOLDER = "orchestra_nb.notebook.cell."  # a dotted path the YAML loader accepts unimported
 _NO_VAR_EXPAND = "_ipython_magic_no_var_expand"  # what IPython's @no_var_expand sets (7.3 and later)
 
 
@@ -63,17 +65,48 @@ def _gpus(value: str) -> int | str:
     return int(value) if value.isdigit() else value
 
 
-def _with_overrides(obj: Any, name: str, gpus: str | None) -> Any:
-    """A copy of `obj` named NAME (when the YAML gave no name) and with `gpus` on every executor."""
+def _notebook_classes(text: str, namespace: dict[str, Any]) -> tuple[str, dict[str, type]]:
+    """Let `uses: Name` name an Executor class defined in a cell.
+
+    The YAML loader never imports user code and so cannot see a cell's classes; each `uses: Name` whose
+    Name is an Executor subclass in the user namespace is rewritten to a placeholder dotted path that
+    passes the loader's checks, and `_with_overrides` swaps the class object in afterwards.
+    """
+    from orchestra_nb.executor import Executor
+
+    classes = {k: v for k, v in namespace.items()
+               if isinstance(v, type) and issubclass(v, Executor) and v is not Executor and not k.startswith("_")}
+    if not classes:
+        return text, {}
+    names = "|".join(re.escape(k) for k in sorted(classes, key=len, reverse=True))
+    pattern = re.compile(rf"(\buses:[ \t]*)({names})(?=[ \t]*(?:$|[,}}#]))", re.MULTILINE)
+    return pattern.sub(lambda m: m.group(1) + _PLACEHOLDER + m.group(2), text), classes
+
+
+def _with_overrides(obj: Any, name: str, gpus: str | None, classes: dict[str, type]) -> Any:
+    """A copy of `obj` with the cell's classes swapped in, named NAME when the YAML kept the default
+    name 'flow', and with `gpus` on every executor."""
     spec = obj.spec
     update: dict[str, Any] = {}
-    if "name" not in spec.model_fields_set:
+    if hasattr(spec, "executors") and spec.name == "flow":
         update["name"] = name
-    if gpus is not None:
-        if hasattr(spec, "executors"):
-            update["executors"] = [ex.model_copy(update={"gpus": _gpus(gpus)}) for ex in spec.executors]
-        else:
-            update["executor"] = spec.executor.model_copy(update={"gpus": _gpus(gpus)})
+
+    def fix(ex: Any) -> Any:
+        changes: dict[str, Any] = {}
+        if isinstance(ex.uses, str) and ex.uses.startswith(_PLACEHOLDER):
+            changes["uses"] = classes[ex.uses[len(_PLACEHOLDER):]]
+        if gpus is not None:
+            changes["gpus"] = _gpus(gpus)
+        return ex.model_copy(update=changes) if changes else ex
+
+    if hasattr(spec, "executors"):
+        executors = [fix(ex) for ex in spec.executors]
+        if any(a is not b for a, b in zip(executors, spec.executors, strict=True)):
+            update["executors"] = executors
+    else:
+        executor = fix(spec.executor)
+        if executor is not spec.executor:
+            update["executor"] = executor
     if not update:
         return obj
     return type(obj).from_spec(spec.model_copy(update=update), base_dir=obj.base_dir)
@@ -127,11 +160,12 @@ class OrchestraMagics:
         if not cell.strip():
             raise _usage_error("%%orchestra: the cell is empty; write the Flow or Deployment YAML below "
                                "the magic line")
-        obj = orchestra_nb.load_config(cell)
+        text, classes = _notebook_classes(cell, self.shell.user_ns)
+        obj = orchestra_nb.load_config(text)
         if not isinstance(obj, Orchestration):
             raise _usage_error(f"%%orchestra: the YAML describes a {type(obj).__name__}, "
                                "not a Flow or Deployment (check its jtype)")
-        obj = _with_overrides(obj, args.name, args.gpus)
+        obj = _with_overrides(obj, args.name, args.gpus, classes)
         if args.export is not None:
             export(obj, *args.export)
 

@@ -1,0 +1,264 @@
+"""Orchestrations inside a real Jupyter kernel (ipykernel via jupyter_client).
+
+One kernel serves the module (a module-scoped fixture that always shuts it down); the SIGKILL test
+starts its own, because killing is the point. Processes are told apart by the flow name in their
+title (`orchestra-nb: <flow>/<executor>/<replica>`), so other test sessions on the machine do not count.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import orchestra_processes, pid_alive, poll_for
+
+jupyter_client = pytest.importorskip("jupyter_client")
+pytest.importorskip("ipykernel")
+
+pytestmark = pytest.mark.kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = uuid.uuid4().hex[:6]
+
+SETUP = """
+from orchestra_nb import Doc, Executor, Flow, requests
+import orchestra_nb
+
+class Upper(Executor):  # defined in a cell: travels to the replicas by value
+    @requests(on='/up')
+    def up(self, docs, parameters):
+        for d in docs:
+            d.text = d.text.upper()
+"""
+
+
+def start_cell(name: str) -> str:
+    return f"""
+f = Flow(name={name!r}, protocol=['grpc', 'http']).add(uses=Upper, name='up')
+f.start()
+print(f.post('/up', [Doc(text='hi')]).texts, sorted(f.pids()))
+"""
+
+
+def ours(flow: str, *, prefix: bool = False) -> list[int]:
+    """Live processes of flow `flow` (or of every flow whose name starts with it), by their title."""
+    start = f"orchestra-nb: {flow}" if prefix else f"orchestra-nb: {flow}/"
+    out = []
+    for pid in orchestra_processes():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                title = fh.read().decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith(start) and pid_alive(pid):
+            out.append(pid)
+    return sorted(out)
+
+
+def listening_ports(pids: list[int]) -> set[int]:
+    """TCP ports in LISTEN state held by any of `pids`."""
+    inodes: dict[str, int] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                next(fh)
+                for row in fh:
+                    cols = row.split()
+                    if cols[3] == "0A":
+                        inodes[cols[9]] = int(cols[1].rsplit(":", 1)[1], 16)
+        except OSError:
+            continue
+    ports = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:[") and link[8:-1] in inodes:
+                ports.add(inodes[link[8:-1]])
+    return ports
+
+
+class Kernel:
+    """A running kernel and a blocking client, with helpers that fail loudly."""
+
+    def __init__(self) -> None:
+        self.km = jupyter_client.KernelManager(kernel_name="python3")
+        self.km.start_kernel(cwd=str(ROOT))
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return int(self.km.provisioner.process.pid)
+
+    def run(self, code: str, timeout: float = 60, allow_error: bool = False) -> tuple[str, list[dict[str, Any]]]:
+        """Execute `code`; return its stdout and its display messages' data."""
+        out: list[str] = []
+        displays: list[dict[str, Any]] = []
+        errors: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                out.append(content["text"])
+            elif kind in ("display_data", "execute_result"):
+                displays.append(content["data"])
+            elif kind == "error":
+                errors.append("\n".join(content["traceback"]))
+
+        reply = self.kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
+        if not allow_error and reply["content"]["status"] != "ok":
+            raise AssertionError(f"cell failed:\n{code}\n{''.join(out)}\n{''.join(errors)}")
+        return "".join(out + errors), displays
+
+    def value(self, expr: str) -> Any:
+        import ast
+
+        text, _ = self.run(f"print(repr({expr}))")
+        return ast.literal_eval(text.strip())
+
+    def shutdown(self) -> None:
+        try:
+            self.kc.stop_channels()
+        finally:
+            if self.km.has_kernel:
+                self.km.shutdown_kernel(now=False)
+
+
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Kernel]:
+    k = Kernel()
+    try:
+        k.run(SETUP)
+        yield k
+    finally:
+        k.shutdown()
+
+
+def test_executor_from_a_cell_serves_and_top_level_await_works(kernel: Kernel) -> None:
+    name = f"nbk-{RUN}-a"
+    out, _ = kernel.run(start_cell(name))
+    assert out.startswith("['HI']")
+    assert len(ours(name)) == 2  # one replica and the gateway
+    out, _ = kernel.run("r = await f.post_async('/up', [Doc(text='x'), Doc(text='y')])\nprint(r.texts)")
+    assert out.strip() == "['X', 'Y']"
+
+
+def test_rerunning_the_start_cell_leaves_one_flow(kernel: Kernel) -> None:
+    name = f"nbk-{RUN}-rerun"
+    kernel.run(start_cell(name))
+    first = ours(name)
+    first_ports = listening_ports(first)
+    assert len(first) == 2 and first_ports
+    seen = set(first)
+    for _ in range(9):
+        kernel.run(start_cell(name))
+        seen.update(ours(name))
+    now = ours(name)
+    assert len(now) == len(first)
+    assert len(listening_ports(now)) == len(first_ports)
+    assert not [p for p in seen - set(now) if pid_alive(p)]  # every replaced process is gone
+    assert len(seen) == 2 * 10  # each run really started fresh processes
+    assert kernel.value(f"[o.name for o in orchestra_nb.running()].count({name!r})") == 1
+
+
+def test_interrupt_leaves_the_flow_serving(kernel: Kernel) -> None:
+    name = f"nbk-{RUN}-int"
+    kernel.run(start_cell(name))
+    before = ours(name)
+    msg_id = kernel.kc.execute("import time\ntime.sleep(60)")
+    deadline = time.monotonic() + 30
+    while True:  # wait until the long cell runs
+        msg = kernel.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+            break
+    kernel.km.interrupt_kernel()  # SIGINT to the kernel's whole process group, like the stop button
+    while True:
+        reply = kernel.kc.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    out, _ = kernel.run("print(f.post('/up', [Doc(text='again')]).texts, f.state.value)")
+    assert out.strip() == "['AGAIN'] ready"
+    assert ours(name) == before
+
+
+def test_display_bundle_and_panel_in_the_kernel(kernel: Kernel) -> None:
+    name = f"nbk-{RUN}-panel"
+    kernel.run(start_cell(name).replace(".add(uses=Upper, name='up')",
+                                        ".add(uses=Upper, name='up', replicas=2).add(name='b')"))
+    _, displays = kernel.run("f")
+    assert len(displays) == 1
+    bundle = displays[0]
+    assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= set(bundle)
+    assert f"Flow {name!r}" in bundle["text/plain"]
+    for key in ("up/0", "up/1", "b/0"):
+        assert f'data-key="{key}"' in bundle["text/html"]
+    poll_for(lambda: kernel.value(
+        "orchestra_nb.notebook.panel.get_panel(f).status_html.value.count('data-state=\"ready\"')") == 4,
+        timeout=20, interval=0.5, what="the panel to show 3 ready replicas and the gateway")
+    titles = kernel.value("[f.panel().children[1].get_title(i) for i in range(4)]")
+    assert titles == ["Status", "Logs", "Endpoints", "Scale"]
+
+    # without ipywidgets the same call falls back to HTML and text
+    _, displays = kernel.run("import sys; _w = sys.modules.pop('ipywidgets'); sys.modules['ipywidgets'] = None\n"
+                             "try:\n    display(f)\nfinally:\n    sys.modules['ipywidgets'] = _w")
+    assert set(displays[0]) == {"text/plain", "text/html"}
+
+
+def test_magic_starts_binds_and_stops(kernel: Kernel) -> None:
+    name = f"nbk-{RUN}-magic"
+    kernel.run("%load_ext orchestra_nb.notebook")
+    cell = f"""%%orchestra g --no-panel
+jtype: Flow
+with: {{name: {name}, protocol: [grpc, http]}}
+executors:
+  - name: up
+    uses: Upper
+"""
+    kernel.run(cell)
+    assert kernel.value("g.post('/up', [Doc(text='m')]).texts") == ["M"]
+    first = ours(name)
+    kernel.run(cell)  # a re-run replaces the running one
+    assert len(ours(name)) == len(first) and not set(first) & set(ours(name))
+    out, _ = kernel.run("%orchestra ls")
+    assert name in out and "g " in out
+    kernel.run("%orchestra stop g")
+    poll_for(lambda: not ours(name), timeout=10, what="the magic's flow to stop")
+    out, _ = kernel.run("%orchestra status nothing", allow_error=True)
+    assert "no orchestration called 'nothing'" in out
+
+
+def test_kernel_shutdown_leaves_no_process(kernel: Kernel) -> None:
+    kernel.run(start_cell(f"nbk-{RUN}-shutdown"))
+    assert len(ours(f"nbk-{RUN}-", prefix=True)) >= 4  # this flow and those earlier tests left running
+    kernel.shutdown()
+    poll_for(lambda: not ours(f"nbk-{RUN}-", prefix=True), timeout=5, what="no process of ours after kernel shutdown")
+
+
+def test_kernel_sigkill_leaves_no_process() -> None:
+    name = f"nbk-{RUN}-kill"
+    k = Kernel()
+    try:
+        k.run(SETUP)
+        k.run(start_cell(name))
+        assert len(ours(name)) == 2
+        os.kill(k.pid, signal.SIGKILL)  # the kernel only, not its group: the children must notice
+        poll_for(lambda: not ours(name), timeout=5, what="no process of ours 5 s after SIGKILL of the kernel")
+    finally:
+        k.shutdown()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -370,3 +371,23 @@ def test_missing_gpus_fail_before_any_process_starts(machine: Machine) -> None:
     assert dep.pids() == []
     dep.close()
 
+
+
+def test_gpus_from_yaml_and_the_flow_builder(machine: Machine) -> None:
+    from orchestra_nb import Flow
+    from orchestra_nb.spec.yaml import parse_config
+
+    machine(inventory(4))
+    flow_spec, _ = parse_config(textwrap.dedent("""
+        jtype: Flow
+        executors:
+          - {name: rr, replicas: 2, gpus: RR2:4}
+          - {name: pair, replicas: 2, gpus: "3,1"}
+          - {name: two, replicas: 2, gpus: 2}
+          - {name: env, replicas: 2, env: {CUDA_VISIBLE_DEVICES: "RR1,2"}}
+          - {name: cpu, gpus: 0}
+    """))
+    got = {ex.name: visible(ex) for ex in flow_spec.executors}  # type: ignore[union-attr]
+    assert got == {"rr": ["2", "3"], "pair": ["3", "1"], "two": ["0,1", "2,3"], "env": ["1", "2"], "cpu": [""]}
+    built = Flow().add(name="enc", replicas=2, gpus=[[0, 3], "GPU-00000002"])
+    assert visible(built.spec.executors[0]) == ["0,3", uuid(2)]

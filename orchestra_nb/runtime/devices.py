@@ -18,8 +18,8 @@ Decisions, and why:
 * `gpus=` forms: None (CPU, environment untouched), 0 (CPU, `CUDA_VISIBLE_DEVICES=''` so the replica
   cannot grab a GPU by accident), 'auto' (one device per replica, most free memory first, then round
   robin; CPU when there is no GPU, so one notebook runs on Colab CPU and GPU alike), 'RR' / 'RR0:2' /
-  'RR1,3' (Jina's round robin over all, a slice, or a list of positions; the spelling
-  `env={'CUDA_VISIBLE_DEVICES': 'RR...'}` means the same), an int n (n devices per replica, rotating),
+  'RR1,3' (Jina's round robin over all, a slice, or a list of positions; the spellings '1,3' and
+  `env={'CUDA_VISIBLE_DEVICES': 'RR...'}` mean the same), an int n (n devices per replica, rotating),
   or a list with one entry per copy (shard-major: shard 0's replicas, then shard 1's), each entry a
   position, a UUID or a list of those. Explicit asks for GPUs that do not exist raise `DeviceError`
   listing what exists; more replicas than GPUs share them round robin, as in Jina and dask-cuda.
@@ -233,6 +233,8 @@ def parse_gpus(value: Any) -> Any:
     """Normalise a `gpus=` value: digit strings become ints; invalid forms raise ConfigError."""
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
+    if isinstance(value, str) and re.fullmatch(r"\d+(?:,\d+)+", value.replace(" ", "")):
+        return "RR" + value.replace(" ", "")  # '0,1' (YAML, CLI flags): those GPUs, round robin
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
         return value
     if isinstance(value, str) and (value.strip().lower() == "auto" or _RR.match(value.strip())):

@@ -124,7 +124,7 @@ def test_compose_rejects_clashing_service_names() -> None:
     from orchestra_nb.errors import ConfigError
 
     flow = Flow().add(name="a_b").add(name="a-b")
-    with pytest.raises(ConfigError, match="'a-b'.*rename"):
+    with pytest.raises(ConfigError, match=r"'a-b'.*rename"):
         flow.to_docker_compose_yaml()
 
 
@@ -137,7 +137,7 @@ def _orchestra() -> list[str]:
 
 def _has_entrypoints() -> bool:
     try:
-        from orchestra_nb import cli  # type: ignore[attr-defined]
+        from orchestra_nb import cli
     except ImportError:
         return False
     main = getattr(cli, "main", None)
@@ -249,7 +249,7 @@ def test_compose_services_run_as_local_processes_and_answer_like_the_flow(
     command = [str(published[int(a)]) if command[i - 1] == "--port" else a for i, a in enumerate(command)]
     services.start("gateway", command, gateway.get("environment", {}))
     protocols = [command[i + 1] for i, a in enumerate(command) if a == "--protocol"]
-    local_ports = dict(zip(protocols, published.values()))
+    local_ports = dict(zip(protocols, published.values(), strict=True))
 
     def gateway_healthy() -> bool:
         services.check_alive()

@@ -69,8 +69,8 @@ def _code_names(obj: Any) -> set[str]:
             walk(code)
         # type hints decide a handler's doc schema, so the names they use must exist in the module
         for hint in getattr(member, "__annotations__", {}).values():
-            names.update(_IDENT.findall(hint) if isinstance(hint, str) else
-                         [getattr(hint, "__name__", "")])
+            text = hint if isinstance(hint, str) else f"{getattr(hint, '__qualname__', '')} {hint!r}"
+            names.update(_IDENT.findall(text))
     return names
 
 
@@ -193,7 +193,10 @@ def _pickled(cls: type) -> str:
     return (
         "# The source of this class could not be read, so it travels as cloudpickle bytes written by\n"
         "# the export on your machine (load it with the same Python minor version).\n"
-        "import base64\n\nimport cloudpickle\n\n"
+        "import base64\n\nimport cloudpickle\n\nfrom orchestra_nb import Executor\n\n"
         f"_PAYLOAD = (\n{body}\n)\n"
-        f"{cls.__name__} = cloudpickle.loads(base64.b64decode(_PAYLOAD))\n"
+        "_Loaded = cloudpickle.loads(base64.b64decode(_PAYLOAD))\n\n\n"
+        "# a class statement (not an assignment), so YAML loading finds the class without importing it\n"
+        f"class {cls.__name__}(_Loaded, Executor):\n"
+        "    pass\n"
     )

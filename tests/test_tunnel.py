@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import ssl
 import stat
+import subprocess
 import sys
 import textwrap
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -70,7 +75,7 @@ def refuses_connections(url: str) -> bool:
 def test_ngrok_tunnel_requires_the_token_and_closes_with_the_flow(ngrok_bin: Path) -> None:
     with flow() as f:
         gateway_pid = f._supervisor.gateway.pid
-        t = f.expose("ngrok", authtoken=AUTHTOKEN, ngrok_path=str(ngrok_bin))
+        t = f.expose("ngrok", authtoken=AUTHTOKEN, ngrok_path=str(ngrok_bin), grpc=True)
         assert isinstance(t, Tunnel) and tunnel_of(f) is t
         assert t.provider == "ngrok" and t.url != t.local_url
         assert t.local_url == f"http://127.0.0.1:{f.ports['http']}"
@@ -84,12 +89,13 @@ def test_ngrok_tunnel_requires_the_token_and_closes_with_the_flow(ngrok_bin: Pat
         for query in (False, True):
             status, data = upper_through(t.url, t.token, query=query)
             assert (status, [d["text"] for d in data["docs"]]) == (200, ["HI"])
-        # gRPC, the other front door, requires the same token
-        grpc_address = f"127.0.0.1:{f.ports['grpc']}"
-        with pytest.raises(grpc.RpcError) as info:
-            grpc_call(grpc_address, "/upper", ["hi"])
-        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
-        assert grpc_call(grpc_address, "/upper", ["hi"], token=t.token) == ["HI"]
+        # gRPC, the other front door, through its own public endpoint (and locally) requires the same token
+        assert t.grpc_url is not None and t.grpc_url not in (t.url, f"http://127.0.0.1:{f.ports['grpc']}")
+        for address in (t.grpc_url.split("//")[1], f"127.0.0.1:{f.ports['grpc']}"):
+            with pytest.raises(grpc.RpcError) as info:
+                grpc_call(address, "/upper", ["hi"])
+            assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            assert grpc_call(address, "/upper", ["hi"], token=t.token) == ["HI"]
         assert f.post("/upper", [Doc(text="ok")]).texts == ["OK"]
 
         # how pyngrok started the agent: its own session, config version 3, the authtoken in a private file
@@ -105,7 +111,7 @@ def test_ngrok_tunnel_requires_the_token_and_closes_with_the_flow(ngrok_bin: Pat
             f.expose("ngrok", token="another")
     poll_for(lambda: not pid_alive(t.pid) and not pid_alive(gateway_pid), timeout=10,
              what="the ngrok agent and the gateway to exit")
-    assert not config.exists() and refuses_connections(t.url)
+    assert not config.exists() and refuses_connections(t.url) and refuses_connections(t.grpc_url)
     assert t.pid not in children_of(os.getpid())
 
 
@@ -160,6 +166,43 @@ def test_unexpose_closes_the_url_first_then_restores_local_access(ngrok_bin: Pat
     poll_for(lambda: not pid_alive(t3.pid), timeout=10, what="the agent to stop with the Flow")
 
 
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a self-signed certificate")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def https_upper(url: str, token: str | None, context: ssl.SSLContext) -> tuple[int, list[str]]:
+    request = urllib.request.Request(f"{url}/post", data=json.dumps({"on": "/upper", "docs": [{"text": "hi"}]})
+                                     .encode(), headers={"Content-Type": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=20, context=context) as response:
+            return int(response.status), [d["text"] for d in json.loads(response.read())["docs"]]
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), []
+
+
+def test_tls_gateway_is_exposed_over_https_and_needs_the_ca(ngrok_bin: Path, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    tls_flow = Flow(protocol="http", ssl_certfile=str(cert), ssl_keyfile=str(key)).add(uses=Upper, name="up")
+    with tls_flow as f:
+        t = f.expose("ngrok", authtoken=AUTHTOKEN, ngrok_path=str(ngrok_bin))
+        assert t.local_url == f"https://127.0.0.1:{f.ports['http']}"
+        public = t.url.replace("http://", "https://")  # the fake agent passes TLS through unchanged
+        with_ca = ssl.create_default_context(cafile=str(cert))
+        assert https_upper(public, None, with_ca) == (401, [])
+        assert https_upper(public, t.token, with_ca) == (200, ["HI"])
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            https_upper(public, t.token, ssl.create_default_context())
+
+
 @pytest.fixture
 def fake_colab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """An importable `google.colab` with `output.eval_js` (records its JS) and `userdata.get`."""
@@ -201,6 +244,8 @@ def test_colab_proxy_url_and_colab_secret(fake_colab: Path, ngrok_bin: Path) -> 
         assert colab_output.calls == [f"google.colab.kernel.proxyPort({port})"]
         assert http_call(t.local_url, "/status")[0] == 401  # behind the token here too
         f.unexpose()
+        with pytest.raises(ConfigError, match="cannot publish the gRPC port"):
+            f.expose("colab", grpc=True)
         # the ngrok authtoken comes from Colab's secrets when neither argument nor env var gives one
         t2 = f.expose("ngrok", ngrok_path=str(ngrok_bin))
         assert starts(ngrok_bin)[0]["authtoken"] == "token-from-colab-secrets"

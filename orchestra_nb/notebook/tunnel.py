@@ -24,9 +24,14 @@ Decisions:
   **binder**: jupyter-server-proxy's ``<prefix>proxy/<port>/`` under ``JUPYTERHUB_SERVICE_PREFIX``, which
   JupyterHub's login guards; **auto** picks colab on Colab, binder under JupyterHub, else ngrok. The token
   is required on all of them: a proxy's login is no substitute for the gateway's own auth.
-* **Race-free switch.** The token reaches the gateway over its control channel, which does not answer.
-  Until it does, `expose` polls the gateway's `/status` until a request without the token gets 401 and one
-  with it gets 200 (bounded by a deadline; on timeout nothing is opened and the old token is restored).
+* **Race-free switch.** `set_token` returns once the gateway has acknowledged the new token. `expose`
+  then checks the front door itself before opening anything: `/status` must refuse a request without the
+  token (401) and serve one with it (200), within a deadline; otherwise nothing is opened and the old
+  token is restored. Two loopback requests buy the certainty that what is published is locked.
+* **No stray agent.** The agent is stopped with the last tunnel on it, when the Flow closes, and at exit
+  (the per-kernel registry closes every Flow; pyngrok also terminates it). If the kernel is killed
+  outright, the agent's stdout pipe (read by pyngrok in the kernel) breaks, and a Go program such as
+  ngrok exits on its next log line to a broken stdout.
 * The `Tunnel` returned hides the token in its repr, so displaying it in a shared notebook does not leak
   it; `tunnel.token` and `tunnel.curl` give it on purpose.
 """
@@ -46,7 +51,7 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from orchestra_nb.errors import ConfigError, LifecycleError, MissingExtraError, TransportError
 
@@ -68,6 +73,7 @@ class Tunnel:
     token: str = field(repr=False)
     provider: str
     local_url: str
+    grpc_url: str | None = None  # with expose(..., grpc=True): gRPC clients connect here (TLS, port 443)
     pid: int | None = None  # the tunnel agent's process, when the provider runs one
 
     @property
@@ -78,7 +84,8 @@ class Tunnel:
                 f"-H 'Content-Type: application/json' -d '{body}'")
 
     def __repr__(self) -> str:
-        return (f"Tunnel(url={self.url!r}, token=<hidden: use .token>, provider={self.provider!r}, "
+        grpc = f", grpc_url={self.grpc_url!r}" if self.grpc_url else ""
+        return (f"Tunnel(url={self.url!r}{grpc}, token=<hidden: use .token>, provider={self.provider!r}, "
                 f"local_url={self.local_url!r})")
 
     def __str__(self) -> str:
@@ -94,6 +101,12 @@ class Provider(Protocol):
     def open(self, local_url: str) -> str: ...
 
     def close(self) -> None: ...
+
+
+class GrpcProvider(Provider, Protocol):
+    """A provider that can also publish the gRPC port (an HTTP/2 upstream)."""
+
+    def open_grpc(self, local_address: str) -> str: ...
 
 
 # ---- ngrok -------------------------------------------------------------------------------------------
@@ -151,7 +164,7 @@ class NgrokProvider:
         self.region = region
         self.startup_timeout = startup_timeout
         self.pid: int | None = None
-        self._public_url: str | None = None
+        self._public_urls: list[str] = []
 
     def _agent(self) -> _Agent:
         from pyngrok import conf, process
@@ -182,34 +195,40 @@ class NgrokProvider:
         return agent
 
     def open(self, local_url: str) -> str:
+        return self._connect(local_url, {"url": local_url})
+
+    def open_grpc(self, local_address: str) -> str:
+        """An HTTPS endpoint whose upstream speaks HTTP/2 cleartext: gRPC clients connect with TLS."""
+        return self._connect(local_address, {"url": f"http://{local_address}", "protocol": "http2"})
+
+    def _connect(self, what: str, upstream: dict[str, str]) -> str:
         from pyngrok import ngrok
         from pyngrok.exception import PyngrokError
 
         with _agents_lock:
             agent = self._agent()
             try:
-                tunnel = ngrok.connect(local_url, name=f"orchestra-nb-{uuid.uuid4().hex[:12]}",
+                tunnel = ngrok.connect(name=f"orchestra-nb-{uuid.uuid4().hex[:12]}", upstream=upstream,
                                        pyngrok_config=agent.config)
             except PyngrokError as exc:
                 self._release(agent)
-                raise TransportError(f"ngrok could not open a tunnel to {local_url}: {exc}") from exc
+                raise TransportError(f"ngrok could not open a tunnel to {what}: {exc}") from exc
             agent.users += 1
             self.pid = ngrok.get_ngrok_process(agent.config).proc.pid
-        self._public_url = str(tunnel.public_url)
-        return self._public_url.rstrip("/")
+            self._public_urls.append(str(tunnel.public_url))
+        return str(tunnel.public_url).rstrip("/")
 
     def close(self) -> None:
         from pyngrok import ngrok
 
         with _agents_lock:
             agent = _agents.get(self.ngrok_path)
-            if agent is None or self._public_url is None:
-                return
-            with contextlib.suppress(Exception):  # the agent may already be gone
-                ngrok.disconnect(self._public_url, pyngrok_config=agent.config)
-            self._public_url = None
-            agent.users -= 1
-            self._release(agent)
+            while agent is not None and self._public_urls:
+                with contextlib.suppress(Exception):  # the agent may already be gone
+                    ngrok.disconnect(self._public_urls.pop(), pyngrok_config=agent.config)
+                agent.users -= 1
+            if agent is not None:
+                self._release(agent)
 
     def _release(self, agent: _Agent) -> None:
         from pyngrok import process
@@ -331,14 +350,28 @@ def _check_http(orch: Any) -> None:
                           f"its protocol is {protocols}; create it with protocol=['grpc', 'http']")
 
 
+def _check_grpc(orch: Any, made: Provider) -> None:
+    protocols = list(orch.flow_spec().gateway.protocol)
+    if "grpc" not in protocols:
+        raise ConfigError(f"expose(grpc=True): {orch._kind} {orch.name!r} serves {protocols}, no gRPC; "
+                          f"create it with protocol=['grpc', 'http']")
+    if not hasattr(made, "open_grpc"):
+        raise ConfigError(f"provider {made.name!r} cannot publish the gRPC port (its proxy speaks HTTP/1.1 "
+                          f"only); use provider='ngrok' for grpc=True")
+
+
 def tunnel_of(orch: Any) -> Tunnel | None:
     """The open tunnel of `orch`, or None (for the panel and the start-up summary)."""
     exposure = orch.__dict__.get("_tunnel")
     return exposure.tunnel if isinstance(exposure, _Exposure) else None
 
 
-def expose(orch: Any, provider: str = "ngrok", token: str | None = None, **options: Any) -> Tunnel:
-    """Turn on token auth at `orch`'s gateway, then open a public URL to its HTTP port."""
+def expose(orch: Any, provider: str = "ngrok", token: str | None = None, *, grpc: bool = False,
+           **options: Any) -> Tunnel:
+    """Turn on token auth at `orch`'s gateway, then open a public URL to its HTTP port.
+
+    With `grpc=True` (ngrok only) the gRPC port gets a public endpoint too (`Tunnel.grpc_url`).
+    """
     _check_http(orch)
     with orch._lock:
         orch._ready_client()  # LifecycleError unless ready
@@ -350,6 +383,8 @@ def expose(orch: Any, provider: str = "ngrok", token: str | None = None, **optio
                                  f"through {current.tunnel.provider!r}; call unexpose() first")
         gw = orch.flow_spec().gateway
         made = _make_provider(provider, options)  # every check happens here, before anything changes
+        if grpc:
+            _check_grpc(orch, made)
         previous = orch._client.token
         token = token or previous or secrets.token_urlsafe(32)
         scheme = "https" if gw.ssl_certfile else "http"
@@ -359,13 +394,15 @@ def expose(orch: Any, provider: str = "ngrok", token: str | None = None, **optio
         try:
             _wait_for_auth(local_url, token)
             url = made.open(local_url)
+            grpc_url = cast(GrpcProvider, made).open_grpc(f"{host}:{orch.ports['grpc']}") if grpc else None
         except BaseException:
             with contextlib.suppress(Exception):
                 made.close()
             with contextlib.suppress(Exception):
                 orch.set_token(previous)
             raise
-        tunnel = Tunnel(url=url, token=token, provider=made.name, local_url=local_url, pid=made.pid)
+        tunnel = Tunnel(url=url, token=token, provider=made.name, local_url=local_url, grpc_url=grpc_url,
+                        pid=made.pid)
         orch._tunnel = _Exposure(tunnel, made, previous)
         _close_with(orch)
         return tunnel

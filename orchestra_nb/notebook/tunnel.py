@@ -32,6 +32,10 @@ Decisions:
   (the per-kernel registry closes every Flow; pyngrok also terminates it). If the kernel is killed
   outright, the agent's stdout pipe (read by pyngrok in the kernel) breaks, and a Go program such as
   ngrok exits on its next log line to a broken stdout.
+* **gRPC** goes public only on request (``expose(..., grpc=True)``, ngrok only): a second endpoint with
+  an HTTP/2 upstream, which gRPC clients reach with TLS on port 443. Colab's and Binder's proxies speak
+  HTTP/1.1 and cannot carry it; asking them is a `ConfigError`. A free ngrok account may allow only one
+  endpoint, so the default publishes the HTTP gateway alone.
 * The `Tunnel` returned hides the token in its repr, so displaying it in a shared notebook does not leak
   it; `tunnel.token` and `tunnel.curl` give it on purpose.
 """

@@ -85,6 +85,15 @@ DEPLOYMENT_KEYS = frozenset({"jtype", "version", "with", "gateway", "executor"})
 EXECUTOR_YAML_KEYS = frozenset({"jtype", "version", "with", "py_modules", "metas"})
 _YAML_SUFFIXES = (".yml", ".yaml")
 _DEFAULT_EXECUTOR = ExecutorSpec()
+_YAML_HINTS = {
+    "'\\t'": "a tab indents this line; YAML indents with spaces only",
+    "expected <block end>": "this line's indentation does not match the block it is in",
+    "mapping values are not allowed": "a ':' where a plain value was expected; quote the value or fix "
+                                      "the indentation",
+    "quoted scalar": "a quote opened here is never closed",
+    "expected ',' or": "a '[' or '{' opened here is never closed",
+}
+_PLAIN_TAGS = ("tag:yaml.org,2002:seq", "tag:yaml.org,2002:map")
 
 
 # ---- parsing with marks ------------------------------------------------------------------------------
@@ -138,10 +147,13 @@ def _compose(text: str, src: _Source, context: Mapping[str, Any] | None) -> Any:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
+        if exc.context_mark is not None and "end of stream" in str(exc.problem):
+            mark = exc.context_mark  # where the unclosed thing began is what the reader must fix
         where = f"{src.file}:{mark.line + 1}:{mark.column + 1}" if mark else src.file
         problem = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError(f"{where}: invalid YAML: {problem} (check the indentation and quoting "
-                          "around this line)") from None
+        hint = next((h for k, h in _YAML_HINTS.items() if k in problem),
+                    "check the indentation and quoting around this line")
+        raise ConfigError(f"{where}: invalid YAML: {hint} ({problem})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{src.file}: invalid YAML: {exc}") from None
     finally:
@@ -155,6 +167,9 @@ def _compose(text: str, src: _Source, context: Mapping[str, Any] | None) -> Any:
 def _to_data(node: yaml.Node, path: Path, src: _Source, loader: yaml.SafeLoader,
              context: Mapping[str, Any]) -> Any:
     src.values.setdefault(path, node.start_mark)
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        src.values[path] = node.start_mark
+        src.fail(path, f"unsupported tag {node.tag!r}; only plain YAML (no !!python tags) is read")
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[str, Any] = {}
@@ -256,7 +271,7 @@ class _PyModule:
             if base_name == "Executor":
                 from orchestra_nb.executor import Executor
 
-                out |= {n for n in dir(Executor) if not n.startswith("_")}
+                out |= {n for n in dir(Executor) if not n.startswith("_") and callable(getattr(Executor, n))}
                 continue
             inherited = self.methods(base_name)
             if inherited is None:
@@ -276,7 +291,8 @@ def _parse_py_module(full: str, src: _Source, path: Path) -> _PyModule:
     return _PyModule({n.name: n for n in tree.body if isinstance(n, ast.ClassDef)})
 
 
-def _check_uses(data: dict[str, Any], path: Path, src: _Source, base_dir: str) -> None:
+def _check_uses(data: dict[str, Any], path: Path, src: _Source, base_dir: str,
+                uses_path: Path | None = None) -> None:
     """Check `uses`, `py_modules` and `uses_requests` without importing user code."""
     py_modules = data.get("py_modules") or []
     if isinstance(py_modules, str):
@@ -294,7 +310,7 @@ def _check_uses(data: dict[str, Any], path: Path, src: _Source, base_dir: str) -
                      "to the YAML file)")
         parsed.append(_parse_py_module(full, src, (*path, "py_modules", i)))
     uses = data.get("uses", "Executor")
-    upath = (*path, "uses")
+    upath = uses_path or (*path, "uses")
     cls_name: str | None = None
     module: _PyModule | None = None
     if isinstance(uses, dict):
@@ -365,7 +381,7 @@ def _check_executor_mapping(data: Any, path: Path, src: _Source, base_dir: str) 
         src.fail((*path, "with"), f"expected a mapping of __init__ arguments, got {with_!r}")
     metas = data.get("metas") or {}
     py_modules = data.get("py_modules") or (metas.get("py_modules") if isinstance(metas, dict) else None)
-    _check_uses({"uses": jtype, "py_modules": py_modules or []}, path, src, base_dir)
+    _check_uses({"uses": jtype, "py_modules": py_modules or []}, path, src, base_dir, (*path, "jtype"))
 
 
 # ---- building specs ----------------------------------------------------------------------------------

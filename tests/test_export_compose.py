@@ -135,14 +135,16 @@ def _orchestra() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "orchestra_nb.cli"]
 
 
-def _has_entrypoints() -> bool:
+def _cli_commands() -> set[str]:
     try:
         from orchestra_nb import cli
     except ImportError:
-        return False
-    main = getattr(cli, "main", None)
-    commands = getattr(main, "commands", {})
-    return "executor" in commands and "gateway" in commands
+        return set()
+    return set(getattr(getattr(cli, "main", None), "commands", {}))
+
+
+def _has_entrypoints() -> bool:
+    return {"executor", "gateway"} <= _cli_commands()
 
 
 def _localize(command: list[str], app_dir: Path, ports: dict[str, int]) -> list[str]:
@@ -256,6 +258,14 @@ def test_compose_services_run_as_local_processes_and_answer_like_the_flow(
         return _healthy(local_ports["grpc"])
 
     poll_for(gateway_healthy, timeout=60, what="the gateway service to be healthy")
+
+    if "ping" in _cli_commands():  # each service's healthcheck, as Docker would run it in the container
+        for name, svc in specs.items():
+            test = svc["healthcheck"]["test"][1:]
+            port = local_ports["grpc"] if name == "gateway" else ports[name]
+            probe = [*_orchestra(), *test[1:]] if test[0] == "orchestra" else test
+            probe = [re.sub(r"^127\.0\.0\.1:\d+$", f"127.0.0.1:{port}", a) for a in probe]
+            assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0, (name, probe)
 
     inputs = [Doc(text="hello"), Doc(text="compose")]
     answers = {}

@@ -80,7 +80,7 @@ class AsyncClient:
         if self.protocol == "grpc" and self._channel is None:
             import grpc
 
-            from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest
+            from orchestra_nb.wire.frame import deserialize, serialize
 
             options = [("grpc.max_send_message_length", self.max_message_size),
                        ("grpc.max_receive_message_length", self.max_message_size)]
@@ -88,8 +88,8 @@ class AsyncClient:
             self._channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
                              if self.tls else grpc.aio.insecure_channel(target, options=options))
             self._call = self._channel.unary_unary(
-                "/orchestra.Orchestra/Call", request_serializer=DataRequest.SerializeToString,
-                response_deserializer=DataRequest.FromString)
+                "/orchestra.Orchestra/Call", request_serializer=serialize,
+                response_deserializer=deserialize)
         elif self.protocol == "http" and self._http is None:
             import httpx
 
@@ -146,9 +146,9 @@ class AsyncClient:
         import grpc
 
         from orchestra_nb.wire import codec
-        from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest
+        from orchestra_nb.wire.frame import Frame
 
-        request = DataRequest()
+        request = Frame()
         request.header.request_id = uuid.uuid4().hex
         request.header.endpoint = on
         request.header.parameters = json.dumps(params).encode()

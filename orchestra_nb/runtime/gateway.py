@@ -26,7 +26,8 @@ from orchestra_nb.runtime.child import Status, install_stop_handler, on_control
 from orchestra_nb.runtime.topology import Router
 from orchestra_nb.runtime.worker import server_options
 from orchestra_nb.spec.models import FlowSpec
-from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest, InfoRequest, InfoResponse
+from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
+from orchestra_nb.wire.frame import Frame, deserialize, serialize
 
 __all__ = ["Gateway", "TokenInterceptor", "run_gateway"]
 
@@ -84,7 +85,7 @@ class Gateway:
         elif cmd == "set_addresses":
             await self.router.set_addresses(message["executor"], message["addresses"])
 
-    async def call(self, request: DataRequest, context: Any) -> DataRequest:
+    async def call(self, request: Frame, context: Any) -> Frame:
         self.requests += 1
         return await self.router.route(request)
 
@@ -141,8 +142,8 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
         grpc_server = grpc.aio.server(options=server_options(gw.max_message_size), interceptors=interceptors)
         grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orchestra.Orchestra", {
             "Call": grpc.unary_unary_rpc_method_handler(
-                gateway.call, request_deserializer=DataRequest.FromString,
-                response_serializer=DataRequest.SerializeToString),
+                gateway.call, request_deserializer=deserialize,
+                response_serializer=serialize),
             "Info": grpc.unary_unary_rpc_method_handler(
                 gateway.info, request_deserializer=InfoRequest.FromString,
                 response_serializer=InfoResponse.SerializeToString),
@@ -152,7 +153,15 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
         grpc_server.add_insecure_port(f"{host}:{ports['grpc']}")
         await grpc_server.start()
     # the typed HTTP routes need every executor's schemas: wait until each answers Info
-    gateway.executor_infos = await gateway.router.wait_info(deadline)
+    waiting = asyncio.ensure_future(gateway.router.wait_info(deadline))
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([waiting, stopping], return_when=asyncio.FIRST_COMPLETED)
+    if stop.is_set():  # stopped while starting (an executor failed): leave at once
+        waiting.cancel()
+        await gateway.router.close()
+        return
+    stopping.cancel()
+    gateway.executor_infos = waiting.result()
     gateway.router.set_endpoints(gateway.executor_infos)
     http_server = None
     http_task = None

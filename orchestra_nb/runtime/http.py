@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from orchestra_nb.runtime.worker import STATUS_BAD_REQUEST, STATUS_ERROR, STATUS_OK
 from orchestra_nb.wire import codec
-from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest
+from orchestra_nb.wire.frame import Frame
 
 __all__ = ["build_app"]
 
@@ -58,7 +58,7 @@ def _finite(text: str) -> float:
     return value
 
 
-def _error_status(reply: DataRequest) -> int:
+def _error_status(reply: Frame) -> int:
     err = reply.header.error
     if reply.header.status == STATUS_BAD_REQUEST:
         return 404 if err.type == "UnknownEndpoint" else 422
@@ -116,7 +116,7 @@ def build_app(gateway: Any) -> FastAPI:
     async def run(endpoint: str, body: _Body) -> JSONResponse:
         if not endpoint.startswith("/"):
             raise _HTTPError(422, f"endpoint {endpoint!r} must start with '/'")
-        request = DataRequest()
+        request = Frame()
         request.header.endpoint = endpoint
         request.header.parameters = json.dumps(body.parameters).encode()
         if body.target_executor:

@@ -61,6 +61,7 @@ class Reloader:
                     log.warning("reload=True on %r, but it has no source file to watch (defined in a notebook?)"
                                 "; use f.reload(%r, NewClass) after re-running its cell", ex.name, ex.name)
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self.reloads = 0
 
@@ -69,13 +70,15 @@ class Reloader:
             return
         self._thread = threading.Thread(target=self._run, name="orchestra-nb-reloader", daemon=True)
         self._thread.start()
+        self._ready.wait(10)  # edits made after start() returns are seen
 
     def _run(self) -> None:
         import watchfiles
 
         folders = sorted({os.path.dirname(f) for files in self.targets.values() for f in files})
         for changes in watchfiles.watch(*folders, stop_event=self._stop, debounce=200, step=50,
-                                        raise_interrupt=False):
+                                        raise_interrupt=False, yield_on_timeout=True, rust_timeout=200):
+            self._ready.set()  # the first (empty) yield comes once the watcher is in place
             changed = {os.path.abspath(path) for _, path in changes}
             for name, files in self.targets.items():
                 if changed & set(files):

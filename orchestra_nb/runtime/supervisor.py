@@ -137,7 +137,7 @@ class Supervisor:
             deadline = time.monotonic() + timeout
             self._wait_all(children, deadline)
         except BaseException:
-            self.close()
+            self.close(grace=1.0)  # nothing is serving yet: no need to wait long
             raise
         self.running = True
 

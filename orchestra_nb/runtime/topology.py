@@ -30,7 +30,8 @@ from orchestra_nb.runtime.when import compile_when
 from orchestra_nb.runtime.worker import STATUS_BAD_REQUEST, STATUS_OK, STATUS_UNAVAILABLE
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
 from orchestra_nb.wire import codec
-from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest, InfoRequest, InfoResponse
+from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
+from orchestra_nb.wire.frame import Frame, deserialize, serialize
 
 __all__ = ["Replica", "Router"]
 
@@ -79,8 +80,8 @@ def channel_options(max_message: int) -> list[tuple[str, Any]]:
 
 def _replica(address: str, max_message: int) -> Replica:
     channel = grpc.aio.insecure_channel(address, options=channel_options(max_message))
-    call = channel.unary_unary("/orchestra.Orchestra/Call", request_serializer=DataRequest.SerializeToString,
-                               response_deserializer=DataRequest.FromString)
+    call = channel.unary_unary("/orchestra.Orchestra/Call", request_serializer=serialize,
+                               response_deserializer=deserialize)
     info = channel.unary_unary("/orchestra.Orchestra/Info", request_serializer=InfoRequest.SerializeToString,
                                response_deserializer=InfoResponse.FromString)
     return Replica(address, channel, call, info)
@@ -116,7 +117,7 @@ class Router:
         for name, info in infos.items():
             self.nodes[name].endpoints = set(info.get("endpoints", {}))
 
-    def unknown_endpoint(self, request: DataRequest) -> DataRequest | None:
+    def unknown_endpoint(self, request: Frame) -> Frame | None:
         """An error reply when no executor serves the endpoint (and some serve others)."""
         endpoint = request.header.endpoint
         if endpoint == DRY_RUN:
@@ -127,7 +128,7 @@ class Router:
         if any(n.serves(endpoint) for n in self.nodes.values()):
             return None
         served = sorted({ep for eps in known if eps for ep in eps if ep != "*"})
-        out = DataRequest()
+        out = Frame()
         out.header.CopyFrom(request.header)
         out.header.status = STATUS_BAD_REQUEST
         out.header.error.type = "UnknownEndpoint"
@@ -145,7 +146,9 @@ class Router:
         kept = {a for shard in addresses for a in shard}
         for address, rep in old.items():
             if address not in kept:
-                asyncio.ensure_future(self._drain(rep))
+                task = asyncio.ensure_future(self._drain(rep))
+                self.floating_tasks.add(task)
+                task.add_done_callback(self.floating_tasks.discard)
 
     async def _drain(self, rep: Replica) -> None:
         deadline = time.monotonic() + 30
@@ -161,15 +164,15 @@ class Router:
                 for rep in shard:
                     await rep.channel.close()
 
-    async def route(self, request: DataRequest) -> DataRequest:
+    async def route(self, request: Frame) -> Frame:
         header = request.header
         error = self.unknown_endpoint(request)
         if error is not None:
             return error
         target = re.compile(header.target_executor) if header.target_executor else None
-        results: dict[str, asyncio.Future[DataRequest]] = {}
+        results: dict[str, asyncio.Future[Frame]] = {}
         loop = asyncio.get_running_loop()
-        start: asyncio.Future[DataRequest] = loop.create_future()
+        start: asyncio.Future[Frame] = loop.create_future()
         start.set_result(request)
         results["gateway"] = start
         for name in self.order:
@@ -190,8 +193,8 @@ class Router:
         if not task.cancelled() and task.exception() is not None:
             log.warning("floating executor failed: %s", task.exception())
 
-    async def _run_node(self, node: Node, inputs: list[asyncio.Future[DataRequest]],
-                        target: re.Pattern[str] | None) -> DataRequest:
+    async def _run_node(self, node: Node, inputs: list[asyncio.Future[Frame]],
+                        target: re.Pattern[str] | None) -> Frame:
         received = [await f for f in inputs]
         request = self._join(received) if len(received) > 1 else received[0]
         if request.header.status != STATUS_OK:
@@ -212,22 +215,22 @@ class Router:
             return replies[0]
         return self._join(list(replies), reduce=True)
 
-    def _filter(self, request: DataRequest, predicate: Any) -> DataRequest:
+    def _filter(self, request: Frame, predicate: Any) -> Frame:
         self.decoded += 1
         docs = codec.decode(request.docs)
         kept = [d for d in docs if predicate(d)]
         if len(kept) == len(docs):
             return request
-        out = DataRequest()
+        out = Frame()
         out.header.CopyFrom(request.header)
         out.docs = codec.encode(kept)
         return out
 
-    def _join(self, replies: list[DataRequest], reduce: bool = False) -> DataRequest:
+    def _join(self, replies: list[Frame], reduce: bool = False) -> Frame:
         for reply in replies:
             if reply.header.status != STATUS_OK:
                 return reply
-        out = DataRequest()
+        out = Frame()
         out.header.CopyFrom(replies[0].header)
         for reply in replies[1:]:
             for key, value in reply.header.results.items():
@@ -241,7 +244,7 @@ class Router:
         out.docs = codec.encode(sort_matches(merged) if reduce else merged)
         return out
 
-    async def _measured(self, node: Node, shard: list[Replica], request: DataRequest) -> DataRequest:
+    async def _measured(self, node: Node, shard: list[Replica], request: Frame) -> Frame:
         metrics = self.metrics
         if metrics is None or request.header.endpoint == DRY_RUN:
             return await self._send(node, shard, request)
@@ -267,7 +270,7 @@ class Router:
         low = min(r.outstanding for r in healthy)
         return random.choice([r for r in healthy if r.outstanding == low])
 
-    async def _send(self, node: Node, shard: list[Replica], request: DataRequest) -> DataRequest:
+    async def _send(self, node: Node, shard: list[Replica], request: Frame) -> Frame:
         retries = node.spec.retries if node.spec.retries >= 0 else max(len(shard), 2)
         tried: set[int] = set()
         last_error = ""
@@ -295,7 +298,7 @@ class Router:
                             last_error)
             finally:
                 replica.outstanding -= 1
-        out = DataRequest()
+        out = Frame()
         out.header.CopyFrom(request.header)
         out.header.status = STATUS_UNAVAILABLE
         out.header.error.type = "Unavailable"

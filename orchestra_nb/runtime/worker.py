@@ -26,7 +26,8 @@ from orchestra_nb.runtime.child import Status, install_stop_handler
 from orchestra_nb.runtime.resolve import resolve_executor_class
 from orchestra_nb.spec.models import ExecutorSpec
 from orchestra_nb.wire import codec
-from orchestra_nb.wire._generated.orchestra_pb2 import DataRequest, InfoRequest, InfoResponse
+from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
+from orchestra_nb.wire.frame import Frame, deserialize, serialize
 
 __all__ = ["STATUS_BAD_REQUEST", "STATUS_ERROR", "STATUS_OK", "STATUS_UNAVAILABLE", "WorkerServicer", "run_worker", "server_options"]
 
@@ -79,9 +80,9 @@ class WorkerServicer:
         self.metrics_port: int | None = None
         self.last_docs = 0
 
-    def _reply(self, request: DataRequest, status: int, *, exc_type: str = "", message: str = "",
-               tb: str = "") -> DataRequest:
-        out = DataRequest()
+    def _reply(self, request: Frame, status: int, *, exc_type: str = "", message: str = "",
+               tb: str = "") -> Frame:
+        out = Frame()
         out.header.CopyFrom(request.header)
         out.header.status = status
         out.header.error.type = exc_type
@@ -101,7 +102,7 @@ class WorkerServicer:
         common = {k: v for k, v in params.items() if "__" not in k}
         return {**common, **own}
 
-    async def call(self, request: DataRequest, context: Any) -> DataRequest:
+    async def call(self, request: Frame, context: Any) -> Frame:
         started = time.perf_counter()
         metrics = self.metrics
         if metrics is not None:
@@ -124,7 +125,7 @@ class WorkerServicer:
                 metrics.docs.labels(*labels).inc(self.last_docs)
         return reply
 
-    async def _call(self, request: DataRequest) -> DataRequest:
+    async def _call(self, request: Frame) -> Frame:
         endpoint = request.header.endpoint
         if endpoint == "/_dry_run":
             return request
@@ -156,7 +157,7 @@ class WorkerServicer:
             else:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self.pool, lambda: handler.func(**kwargs))
-            out = DataRequest()
+            out = Frame()
             out.header.CopyFrom(request.header)
             if isinstance(result, dict):
                 out.header.results[self.name] = json.dumps(result, default=_jsonable).encode()
@@ -228,8 +229,8 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
     server = grpc.aio.server(options=server_options(spec.max_message_size))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orchestra.Orchestra", {
         "Call": grpc.unary_unary_rpc_method_handler(
-            servicer.call, request_deserializer=DataRequest.FromString,
-            response_serializer=DataRequest.SerializeToString),
+            servicer.call, request_deserializer=deserialize,
+            response_serializer=serialize),
         "Info": grpc.unary_unary_rpc_method_handler(
             servicer.info, request_deserializer=InfoRequest.FromString,
             response_serializer=InfoResponse.SerializeToString),

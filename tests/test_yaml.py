@@ -1,0 +1,210 @@
+"""YAML load/save: docs examples validate, round-trip and serve; substitution; uses forms; saving
+classes defined in `__main__` or a notebook cell so the YAML starts in fresh processes."""
+
+from __future__ import annotations
+
+import linecache
+import shutil
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from orchestra_nb import Deployment, Doc, Flow, load_config
+from orchestra_nb.spec.models import DeploymentSpec, ExecutorSpec, FlowSpec, GatewaySpec
+from orchestra_nb.spec.schema import yaml_schema
+from orchestra_nb.spec.yaml import parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def _orchestration_yamls() -> list[Path]:
+    """Every Flow/Deployment/Executor YAML under docs/ and notebooks/ (logging configs have no jtype)."""
+    found = []
+    for folder in (ROOT / "docs", ROOT / "notebooks"):
+        for path in sorted([*folder.rglob("*.yml"), *folder.rglob("*.yaml")]) if folder.exists() else []:
+            data = yaml.safe_load(path.read_text())
+            if isinstance(data, dict) and "jtype" in data:
+                found.append(path)
+    return found
+
+
+DOC_YAMLS = _orchestration_yamls()
+IDS = [str(p.relative_to(ROOT)) for p in DOC_YAMLS]
+
+
+def test_docs_have_examples() -> None:
+    names = {p.name for p in DOC_YAMLS}
+    assert {"flow.yml", "deployment.yml", "flow-json-logs.yml"} <= names
+
+
+def test_schema_is_valid_and_rejects_typos() -> None:
+    schema = yaml_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    bad = {"jtype": "Flow", "executors": [{"name": "a", "replica": 2}]}
+    assert any("replica" in e.message for e in validator.iter_errors(bad))
+    assert list(validator.iter_errors({"jtype": "Deployment", "with": {"replicas": "${{ ENV.N }}"}})) == []
+    assert list(validator.iter_errors({"jtype": "Deployment", "with": {"replicas": "two"}}))
+
+
+@pytest.mark.parametrize("path", DOC_YAMLS, ids=IDS)
+def test_docs_yaml_validates_against_schema(path: Path) -> None:
+    validator = jsonschema.Draft202012Validator(yaml_schema())
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+    assert errors == []
+
+
+@pytest.mark.parametrize("path", DOC_YAMLS, ids=IDS)
+def test_docs_yaml_round_trips_to_an_equal_spec(path: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(path.parent, copy)
+    first = load_config(str(copy / path.name))
+    first.save_config(str(copy / "saved.yml"))
+    second = load_config(str(copy / "saved.yml"))
+    assert second.spec == first.spec
+    assert type(second) is type(first)
+
+
+@pytest.mark.parametrize("path", DOC_YAMLS, ids=IDS)
+def test_docs_yaml_serves_requests(path: Path) -> None:
+    with load_config(str(path)) as orch:
+        docs = orch.post("/run", [Doc(text="hi")])
+    assert len(docs) == 1
+    if path.parent == EXAMPLES and path.name in ("flow.yml", "deployment.yml", "flow-json-logs.yml"):
+        assert docs[0].text in {"HI !!", "HI"}
+
+
+def test_example_flow_answers_as_written() -> None:
+    with Flow.load_config(str(EXAMPLES / "flow.yml")) as flow:
+        assert flow.post("/run", [Doc(text="hey")]).texts == ["HEY !!"]
+        assert set(flow.ports) == {"grpc", "http"}
+
+
+def test_load_config_returns_what_jtype_says() -> None:
+    assert isinstance(load_config(str(EXAMPLES / "deployment.yml")), Deployment)
+    assert isinstance(load_config(str(EXAMPLES / "flow.yml")), Flow)
+    with pytest.raises(ValueError, match="describes a Deployment, not a Flow"):
+        Flow.load_config(str(EXAMPLES / "deployment.yml"))
+
+
+def test_yaml_text_and_chained_needs() -> None:
+    flow = load_config("jtype: Flow\nexecutors:\n  - name: a\n  - name: b\n  - name: c\n    needs: [gateway]\n")
+    needs = {e.name: e.needs for e in flow.flow_spec().executors}
+    assert needs == {"a": ["gateway"], "b": ["a"], "c": ["gateway"]}
+
+
+def test_env_and_context_substitution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCH_TEST_NAME", "from-env")
+    monkeypatch.delenv("ORCH_TEST_UNSET", raising=False)
+    text = textwrap.dedent("""\
+        jtype: Flow
+        with:
+          name: ${{ ENV.ORCH_TEST_NAME }}
+        executors:
+          - name: enc
+            replicas: ${{ CONTEXT.replicas }}
+            uses_with: {label: 'x-${{ CONTEXT.label }}-${{ ENV.ORCH_TEST_UNSET:-dflt }}', sizes: '${{ CONTEXT.sizes }}'}
+        """)
+    spec = load_config(text, context={"replicas": 3, "label": "L", "sizes": [1, 2]}).flow_spec()
+    assert spec.name == "from-env"
+    ex = spec.executors[0]
+    assert ex.replicas == 3
+    assert ex.uses_with == {"label": "x-L-dflt", "sizes": [1, 2]}
+
+
+def test_executor_yaml_and_inline_mapping_uses_serve(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "executors.py", tmp_path / "executors.py")
+    (tmp_path / "suffix.yml").write_text("jtype: Suffix\npy_modules: [executors.py]\nwith:\n  suffix: '?'\n")
+    (tmp_path / "flow.yml").write_text(textwrap.dedent("""\
+        jtype: Flow
+        executors:
+          - name: upper
+            uses: {jtype: Upper, py_modules: [executors.py]}
+          - name: suffix
+            uses: suffix.yml
+            uses_with: {suffix: '!'}
+          - name: again
+            uses: suffix.yml
+        """))
+    with load_config(str(tmp_path / "flow.yml")) as flow:
+        assert flow.post("/run", [Doc(text="a")]).texts == ["A!?"]
+    served = load_config(str(tmp_path / "suffix.yml"))
+    assert isinstance(served, Deployment)
+    assert served.spec.executor.uses == "suffix.yml"
+
+
+def test_deployment_sections_round_trip(tmp_path: Path) -> None:
+    spec = DeploymentSpec(
+        name="dep", log_config=str(EXAMPLES / "logging.json.yml"),
+        executor=ExecutorSpec(name="inner", uses="Executor", replicas=2, host="0.0.0.0", env={"A": "1"},
+                              timeout_ready=30, uses_with={"k": [1, 2]}),
+        gateway=GatewaySpec(protocol=["http", "grpc"], port=[1234, 1235], env={"G": "2"}, cors=True,
+                            timeout_ready=45))
+    Deployment.from_spec(spec).save_config(str(tmp_path / "dep.yml"))
+    assert load_config(str(tmp_path / "dep.yml")).spec == spec
+
+
+def test_python_built_flow_round_trips(tmp_path: Path) -> None:
+    flow = (Flow(name="big", protocol=["grpc", "http"], port=[4001, 4002], cors=True, prefetch=3,
+                 env={"X": "1"}, log_config=str(EXAMPLES / "logging.json.yml"))
+            .add(name="a", replicas=2, shards=2, polling={"/x": "ALL", "*": "ANY"}, uses_with={"n": 1})
+            .add(name="b", needs="gateway", when={"tags__k": {"$eq": 1}}, uses_requests={"/y": "close"})
+            .needs(["a", "b"], name="join")
+            .add(name="float", needs="gateway", floating=True, uses_metas={"m": 1}))
+    flow.save_config(str(tmp_path / "f.yml"))
+    loaded = load_config(str(tmp_path / "f.yml"))
+    assert loaded.spec == flow.spec
+    text = (tmp_path / "f.yml").read_text()
+    assert "needs:" in text and text.count("needs:") == 3  # b, join and float; a follows the chain
+
+
+NOTEBOOK_CELL = '''\
+import numpy as np
+from orchestra_nb import Executor, requests
+
+SUFFIX = "-nb"
+
+def shout(text):
+    return text.upper() + SUFFIX
+
+class NotebookUpper(Executor):
+    @requests(on="/run")
+    def run(self, docs, parameters):
+        for d in docs:
+            d.text = shout(d.text)
+            d.tags["n"] = int(np.int64(len(d.text)))
+'''
+
+
+def _notebook_class() -> Any:
+    """Define a class the way ipykernel runs a cell: code from a file name that only linecache knows."""
+    filename = "/tmp/ipykernel_4242/1234567.py"
+    linecache.cache[filename] = (len(NOTEBOOK_CELL), None, NOTEBOOK_CELL.splitlines(True), filename)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(NOTEBOOK_CELL, filename, "exec"), namespace)
+    return namespace["NotebookUpper"]
+
+
+def test_notebook_class_saved_as_module_and_served_from_yaml(tmp_path: Path) -> None:
+    cls = _notebook_class()
+    flow = Flow(name="nb").add(uses=cls, name="up")
+    with flow:
+        expected = flow.post("/run", [Doc(text="hi")])
+    flow.save_config(str(tmp_path / "nb.yml"))
+    module = (tmp_path / "nb_executors.py").read_text()
+    assert "class NotebookUpper(Executor):" in module
+    assert "def shout(text):" in module and "SUFFIX = '-nb'" in module
+    assert "import numpy as np" in module and "from orchestra_nb.executor import Executor" in module
+    data = yaml.safe_load((tmp_path / "nb.yml").read_text())
+    assert data["executors"][0] == {"name": "up", "uses": "NotebookUpper", "py_modules": ["nb_executors.py"]}
+    spec, _ = parse_config(str(tmp_path / "nb.yml"))
+    assert isinstance(spec, FlowSpec)
+    with load_config(str(tmp_path / "nb.yml")) as again:
+        got = again.post("/run", [Doc(text="hi")])
+    assert got.texts == expected.texts == ["HI-nb"]
+    assert got[0].tags == expected[0].tags == {"n": 5}

@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from orchestra_nb.errors import ConfigError
 from orchestra_nb.export._plan import (
     EXECUTOR_PORT,
@@ -33,6 +31,7 @@ from orchestra_nb.export._plan import (
     gpu_request,
     volume_target,
 )
+from orchestra_nb.export._yaml import dump_all
 from orchestra_nb.export.context import BuildContext, build_context, default_build_dir
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
 
@@ -47,8 +46,8 @@ def _labels(flow: str, component: str, shard: int | None = None) -> dict[str, st
     return labels
 
 
-def _env(env: dict[str, str]) -> list[dict[str, str]]:
-    return [{"name": k, "value": v} for k, v in env.items()]
+def _env(env: dict[str, str]) -> dict[str, Any]:
+    return {"env": [{"name": k, "value": v} for k, v in env.items()]} if env else {}
 
 
 def _config_map(name: str, namespace: str, labels: dict[str, str], flow_yaml: str) -> dict[str, Any]:
@@ -108,7 +107,7 @@ def _executor_objects(spec: FlowSpec, ex: ExecutorSpec, ctx: BuildContext, names
             "name": "executor", "image": ctx.images[name], "imagePullPolicy": "IfNotPresent",
             "command": executor_command(name, shard, None, ex.shards),
             "ports": [{"name": "grpc", "containerPort": EXECUTOR_PORT}],
-            "env": _env({**spec.env, **ex.env}),
+            **_env({**spec.env, **ex.env}),
             **_probes(EXECUTOR_PORT, None),
         }
         count, _ids = gpu_request(ex)
@@ -158,7 +157,7 @@ def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None 
         "name": "gateway", "image": ctx.images["gateway"], "imagePullPolicy": "IfNotPresent",
         "command": gateway_command(spec, addresses),
         "ports": [{"name": p, "containerPort": port} for p, port in ports.items()],
-        "env": _env({**spec.env, **spec.gateway.env}),
+        **_env({**spec.env, **spec.gateway.env}),
         **_probes(ports.get("grpc"), ports.get("http")),
     }
     meta = {"name": "gateway", "namespace": ns, "labels": labels}
@@ -190,7 +189,7 @@ def to_kubernetes_yaml(spec: FlowSpec, output_base_path: str, k8s_namespace: str
     out.mkdir(parents=True, exist_ok=True)
     texts = []
     for file, objects in files.items():
-        text = yaml.safe_dump_all(objects, sort_keys=False)
+        text = dump_all(objects)
         (out / file).write_text(text, encoding="utf-8")
         texts.append(text)
     ctx.write(Path(build_dir).resolve() if build_dir else default_build_dir(out, spec))

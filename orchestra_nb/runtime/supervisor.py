@@ -58,14 +58,14 @@ class Supervisor:
         self.gateway: ChildProcess | None = None
         self.ports: dict[str, int] = {}
         self.addresses: dict[str, list[list[str]]] = {}
-        self.devices: dict[ReplicaKey, str] = {}
+        self.devices: dict[ReplicaKey, dict[str, str]] = {}
         self.running = False
         self._closing = False
         self._lock = threading.Lock()
 
     # ---- start ---------------------------------------------------------------------------------
     def plan(self) -> None:
-        from orchestra_nb.runtime.devices import assign_devices
+        from orchestra_nb.runtime.devices import assign_devices, discover
 
         self.addresses = {}
         for ex in self.spec.executors:
@@ -84,8 +84,10 @@ class Supervisor:
         gw = self.spec.gateway
         self.ports = {p: gw.port_for(p) or free_port(gw.host) for p in gw.protocol}
         self.devices = {}
+        inventory = discover() if any(ex.gpus not in (None, 0) or "CUDA_VISIBLE_DEVICES" in ex.env
+                                      for ex in self.spec.executors) else None
         for ex in self.spec.executors:
-            for key, env in assign_devices(ex).items():
+            for key, env in assign_devices(ex, inventory=inventory).items():
                 self.devices[ReplicaKey(ex.name or "executor", key[0], key[1])] = env
 
     def _worker_config(self, ex: ExecutorSpec, shard: int, replica: int, address: str,

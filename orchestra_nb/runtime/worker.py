@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from orchestra_nb.executor import DEFAULT, Executor, Handler, RuntimeArgs, construct
 from orchestra_nb.logs import get_logger
 from orchestra_nb.runtime.child import Status, install_stop_handler
+from orchestra_nb.runtime.devices import gpu_memory
 from orchestra_nb.runtime.resolve import resolve_executor_class
 from orchestra_nb.spec.models import ExecutorSpec
 from orchestra_nb.wire import codec
@@ -186,6 +187,7 @@ class WorkerServicer:
         return {"name": self.name, "class": type(self.executor).__name__, "pid": os.getpid(),
                 "replica": ra.replica_id, "shard": ra.shard_id, "device": ra.device,
                 "endpoints": endpoints, "stats": self.stats.summary(),
+                "gpus": gpu_memory() if ra.device == "cuda" else [],
                 "metrics_port": self.metrics_port}
 
 

@@ -86,6 +86,13 @@ class ExecutorSpec(_Model):
             return {k: v.upper() if isinstance(v, str) else v for k, v in value.items()}
         return value
 
+    @field_validator("gpus")
+    @classmethod
+    def _check_gpus(cls, value: Any) -> Any:
+        from orchestra_nb.runtime.devices import parse_gpus
+
+        return parse_gpus(value)
+
     @field_validator("env", mode="before")
     @classmethod
     def _env_strings(cls, value: Any) -> Any:

@@ -278,3 +278,18 @@ def test_compose_services_run_as_local_processes_and_answer_like_the_flow(
     for protocol, docs in answers.items():
         assert docs.texts == expected.texts, protocol
         assert [d.tags for d in docs] == [d.tags for d in expected], protocol
+
+
+def test_compose_keeps_the_token_out_of_the_yaml_and_image(tmp_path: Path) -> None:
+    flow = Flow(name="secure", token="s3cret-token").add(uses=Shout, name="s")
+    text = flow.to_docker_compose_yaml(str(tmp_path / "docker-compose.yml"))
+    _validate(yaml.safe_load(text))
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != ".env"
+              and "s3cret-token" in p.read_text(errors="replace")]
+    assert leaked == []
+    env_file = tmp_path / ".env"
+    assert env_file.read_text() == "ORCHESTRA_GATEWAY_TOKEN=s3cret-token\n"
+    assert env_file.stat().st_mode & 0o077 == 0
+    gateway = yaml.safe_load(text)["services"]["gateway"]
+    assert gateway["environment"]["ORCHESTRA_GATEWAY_TOKEN"].startswith("${ORCHESTRA_GATEWAY_TOKEN:?")
+    assert "environment" not in yaml.safe_load(text)["services"]["s"]

@@ -126,3 +126,16 @@ def test_kubernetes_rejects_bad_access_modes(tmp_path: Path, monkeypatch: pytest
     flow = Flow().add(name="store", volumes=["/data"])
     with pytest.raises(ConfigError, match="ORCHESTRA_K8S_ACCESS_MODES='ReadWriteAlways'"):
         flow.to_kubernetes_yaml(str(tmp_path / "k8s"))
+
+
+def test_kubernetes_token_lives_in_a_secret(tmp_path: Path) -> None:
+    Flow(name="secure", token="s3cret-token").add(name="a").to_kubernetes_yaml(str(tmp_path / "k8s"))
+    files = _objects(tmp_path / "k8s")
+    _validate_all(files)
+    objs = _by_kind(files)
+    assert objs[("Secret", "gateway-token")]["stringData"] == {"token": "s3cret-token"}
+    leaked = [k for k, o in objs.items() if k[0] != "Secret" and "s3cret-token" in yaml.safe_dump(o)]
+    assert leaked == []
+    env = _container(objs[("Deployment", "gateway")])["env"]
+    assert {"name": "ORCHESTRA_GATEWAY_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "gateway-token", "key": "token"}}} in env

@@ -26,7 +26,7 @@ from orchestra_nb.export._plan import (
     gpu_request,
 )
 from orchestra_nb.export._yaml import dump
-from orchestra_nb.export.context import BuildContext, build_context, default_build_dir
+from orchestra_nb.export.context import TOKEN_ENV, BuildContext, build_context, default_build_dir
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
 
 __all__ = ["compose_document", "to_docker_compose_yaml"]
@@ -93,6 +93,8 @@ def compose_document(spec: FlowSpec, ctx: BuildContext, build_rel: str = ".") ->
     gateway = _build(ctx, "gateway", build_rel)
     gateway["command"] = gateway_command(spec, addresses)
     env = {**spec.env, **spec.gateway.env}
+    if spec.gateway.token:  # from the `.env` file written beside the Compose file (see context.py)
+        env[TOKEN_ENV] = "${" + TOKEN_ENV + ":?set " + TOKEN_ENV + " (the .env file beside this file does)}"
     if env:
         gateway["environment"] = env
     gateway["ports"] = [f"{port}:{port}" for port in ports.values()]
@@ -140,6 +142,12 @@ def to_docker_compose_yaml(spec: FlowSpec, output_path: str | None = None, *, bu
             "docker compose up --build\n" + dump(document))
     if output_path is not None:
         ctx.write(folder)
+        if spec.gateway.token:
+            env_file = out.parent / ".env"
+            lines = [ln for ln in (env_file.read_text().splitlines() if env_file.exists() else [])
+                     if not ln.startswith(f"{TOKEN_ENV}=")]
+            env_file.write_text("\n".join([*lines, f"{TOKEN_ENV}={spec.gateway.token}"]) + "\n")
+            env_file.chmod(0o600)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
     return text

@@ -36,9 +36,14 @@ from orchestra_nb.export._source import class_module_source, needs_embedding
 from orchestra_nb.export._yaml import dump
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
 
-__all__ = ["BuildContext", "build_context", "default_build_dir", "flow_yaml_files"]
+__all__ = ["TOKEN_ENV", "BuildContext", "build_context", "default_build_dir", "flow_yaml_files"]
 
 _VENDOR = "orchestra-nb"
+TOKEN_ENV = "ORCHESTRA_GATEWAY_TOKEN"
+# The gateway's token never lands in the YAML (a ConfigMap, an image layer): the YAML refers to an
+# environment variable that a Kubernetes Secret or Compose's `.env` file sets in the gateway only. The
+# empty default lets executors, which never read the token, load the same YAML.
+TOKEN_REFERENCE = "${{ ENV." + TOKEN_ENV + ":- }}"
 
 
 @dataclass
@@ -132,8 +137,11 @@ def _minimal_flow_yaml(spec: FlowSpec) -> str:
 def flow_yaml_files(spec: FlowSpec, base_dir: str | None = None) -> dict[str, str]:
     """`flow.yml` and the executor modules it names, as relative path -> text."""
     files: dict[str, str] = {}
-    portable = spec.model_copy(update={"executors": [
-        _portable_executor(ex, base_dir or os.getcwd(), files) for ex in spec.executors]})
+    update: dict[str, Any] = {"executors": [
+        _portable_executor(ex, base_dir or os.getcwd(), files) for ex in spec.executors]}
+    if spec.gateway.token:
+        update["gateway"] = spec.gateway.model_copy(update={"token": TOKEN_REFERENCE})
+    portable = spec.model_copy(update=update)
     try:
         from orchestra_nb.spec.yaml import save_config  # type: ignore[import-not-found, unused-ignore]
     except ImportError:

@@ -32,7 +32,7 @@ from orchestra_nb.export._plan import (
     volume_target,
 )
 from orchestra_nb.export._yaml import dump_all
-from orchestra_nb.export.context import BuildContext, build_context, default_build_dir
+from orchestra_nb.export.context import TOKEN_ENV, BuildContext, build_context, default_build_dir
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
 
 __all__ = ["kubernetes_objects", "to_kubernetes_yaml"]
@@ -161,7 +161,15 @@ def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None 
         **_probes(ports.get("grpc"), ports.get("http")),
     }
     meta = {"name": "gateway", "namespace": ns, "labels": labels}
+    secret: list[dict[str, Any]] = []
+    if spec.gateway.token:
+        secret = [{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": "gateway-token", "namespace": ns, "labels": labels},
+                   "stringData": {"token": spec.gateway.token}}]
+        container.setdefault("env", []).append({"name": TOKEN_ENV, "valueFrom": {
+            "secretKeyRef": {"name": "gateway-token", "key": "token"}}})
     files["gateway.yml"] = [
+        *secret,
         _config_map("gateway-config", ns, labels, ctx.flow_yaml),
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
             "replicas": 1, "selector": {"matchLabels": {"app": "gateway"}},

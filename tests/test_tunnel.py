@@ -105,13 +105,14 @@ def test_ngrok_tunnel_requires_the_token_and_closes_with_the_flow(ngrok_bin: Pat
         assert start["config_version"] == "3" and start["authtoken"] == AUTHTOKEN
         assert AUTHTOKEN not in " ".join(start["argv"])  # not on the command line (visible in `ps`)
         config = Path(start["argv"][start["argv"].index("--config") + 1])
-        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700  # a private directory
+        assert not config.exists() or AUTHTOKEN not in config.read_text()  # the secret is gone once started
         assert f.expose("ngrok") is t  # exposing again returns the open tunnel
         with pytest.raises(LifecycleError, match="already exposed"):
             f.expose("ngrok", token="another")
     poll_for(lambda: not pid_alive(t.pid) and not pid_alive(gateway_pid), timeout=10,
              what="the ngrok agent and the gateway to exit")
-    assert not config.exists() and refuses_connections(t.url) and refuses_connections(t.grpc_url)
+    assert not config.parent.exists() and refuses_connections(t.url) and refuses_connections(t.grpc_url)
     assert t.pid not in children_of(os.getpid())
 
 

@@ -15,7 +15,8 @@ Decisions:
   set explicitly ("3", the endpoints API) rather than left to pyngrok's default. The authtoken comes from
   ``authtoken=``, ``NGROK_AUTHTOKEN`` or Colab's secrets (``google.colab.userdata``), in that order; it is
   written to a private (0600) config file in a temporary directory instead of being passed as
-  ``--authtoken``, where any user could read it from the process list. The agent runs in its own session
+  ``--authtoken``, where any user could read it from the process list, and the file is removed as soon
+  as the agent has started (pyngrok then writes a token-free default there). The agent runs in its own session
   (``start_new_session``): Jupyter's interrupt signals the kernel's process group, and interrupting a
   cell must not cut the tunnel. pyngrok keeps one agent per binary path; we count our tunnels on each
   agent we started and stop the agent (kill and reap) when the last one closes, so no ngrok outlives the
@@ -219,6 +220,9 @@ class NgrokProvider:
                 raise TransportError(f"ngrok could not open a tunnel to {what}: {exc}") from exc
             agent.users += 1
             self.pid = ngrok.get_ngrok_process(agent.config).proc.pid
+            if agent.directory is not None:  # the agent has read it; a killed kernel leaves no secret behind
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(agent.directory, "ngrok.yml"))
             self._public_urls.append(str(tunnel.public_url))
         return str(tunnel.public_url).rstrip("/")
 

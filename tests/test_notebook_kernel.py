@@ -212,6 +212,10 @@ def test_display_bundle_and_panel_in_the_kernel(kernel: Kernel) -> None:
     poll_for(lambda: kernel.value(
         "orchestra_nb.notebook.panel.get_panel(f).status_html.value.count('data-state=\"ready\"')") == 4,
         timeout=20, interval=0.5, what="the panel to show 3 ready replicas and the gateway")
+    # the refresh thread updates widgets and never prints into whatever cell runs meanwhile
+    out, _ = kernel.run("f.post('/up', [Doc(text='q')])\nimport time\ntime.sleep(2.5)")
+    assert out == ""
+    assert kernel.value("orchestra_nb.notebook.panel.get_panel(f).running") is True
     titles = kernel.value("[f.panel().children[1].get_title(i) for i in range(4)]")
     assert titles == ["Status", "Logs", "Endpoints", "Scale"]
 
@@ -221,7 +225,7 @@ def test_display_bundle_and_panel_in_the_kernel(kernel: Kernel) -> None:
     assert set(displays[0]) == {"text/plain", "text/html"}
 
 
-def test_magic_starts_binds_and_stops(kernel: Kernel) -> None:
+def test_magic_starts_binds_and_stops(kernel: Kernel, tmp_path: Path) -> None:
     name = f"nbk-{RUN}-magic"
     kernel.run("%load_ext orchestra_nb.notebook")
     cell = f"""%%orchestra g --no-panel
@@ -242,6 +246,16 @@ executors:
     poll_for(lambda: not ours(name), timeout=10, what="the magic's flow to stop")
     out, _ = kernel.run("%orchestra status nothing", allow_error=True)
     assert "no orchestration called 'nothing'" in out
+
+    # a running Flow of the same name that another cell started is only replaced with --replace
+    kernel.run(start_cell(name).replace("f = ", "other = ").replace("f.", "other."))
+    out, _ = kernel.run(cell.replace("g --no-panel", "g2 --no-panel"), allow_error=True)
+    assert "--replace" in out and kernel.value("other.state.value") == "ready"
+    exported = tmp_path / "magic.yml"
+    kernel.run(cell.replace("g --no-panel", f"g2 --no-panel --replace --export yaml {exported}"))
+    assert kernel.value("(other.state.value, g2.state.value)") == ("closed", "ready")
+    assert f"name: {name}" in exported.read_text()
+    kernel.run("%orchestra stop g2")
 
 
 def test_kernel_shutdown_leaves_no_process(kernel: Kernel) -> None:

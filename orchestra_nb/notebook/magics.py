@@ -6,17 +6,18 @@
     jtype: Flow
     executors:
       - name: up
-        uses: Upper
+        uses: Upper        # a class defined in an earlier cell
 
 The cell body is YAML, handed to `orchestra_nb.load_config` as text: IPython never variable-expands a
 cell magic's body, and the magic is registered without expansion of its line either, so `$VAR` and
 `${{ ENV.X }}` reach our own substitution untouched. The object is bound to NAME in the user namespace.
+`uses: Name` may name an Executor class of the user namespace (see `_notebook_classes`).
 
 Re-running the cell is the common case and must just work: the object NAME was bound to is closed
 first (rebinding would otherwise leave it running and unreachable). A *different* running orchestration
 with the same name is only closed with `--replace`; without it the magic refuses and says how to go on,
-so a cell never silently stops a Flow that another cell started. When the YAML gives no name, the
-orchestration takes NAME, so two magic cells never replace each other through the per-kernel registry.
+so a cell never silently stops a Flow that another cell started. A Flow whose YAML keeps the default
+name 'flow' takes NAME, so two magic cells never replace each other through the per-kernel registry.
 
 The magics are registered as plain functions with `register_magic_function` rather than through the
 `Magics` class decorators, which keeps this module the same on IPython 7.34 and 9 and typed under mypy.

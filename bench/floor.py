@@ -9,7 +9,7 @@ import grpc
 
 
 async def main(port: int) -> None:
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)])
 
     async def echo(request: bytes, context: object) -> bytes:
         return request

@@ -30,10 +30,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Task, TaskID, TextColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+)
 from rich.text import Text
 
-__all__ = ["FAILED", "PHASES", "ConsoleProgress", "ReplicaProgress", "StartupProgress", "progress_html"]
+__all__ = ["FAILED", "PHASES", "ConsoleProgress", "ReplicaProgress", "StartupProgress", "executor_of",
+           "progress_html"]
 
 PHASES = ("spawning", "importing", "loading", "serving", "ready")
 FAILED = "failed"

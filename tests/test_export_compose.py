@@ -109,7 +109,7 @@ def test_compose_validates_and_only_the_gateway_publishes(tmp_path: Path) -> Non
     gw = services["gateway"]["command"]
     assert gw[:4] == ["orchestra", "gateway", "--uses", "/app/flow.yml"]
     assert [gw[i + 1] for i, a in enumerate(gw) if a == "--executor-address"] == [
-        "enc=enc-rep0:8081", "enc=enc-rep1:8081", "ext=ext-shard0:8081", "ext=ext-shard1:8081",
+        "enc=enc-rep0:8081", "enc=enc-rep1:8081", "ext/shard0=ext-shard0:8081", "ext/shard1=ext-shard1:8081",
         "cnt=cnt:8081"]
 
 
@@ -140,7 +140,8 @@ def _cli_commands() -> set[str]:
         from orchestra_nb import cli
     except ImportError:
         return set()
-    return set(getattr(getattr(cli, "main", None), "commands", {}))
+    group = getattr(cli, "cli", None) or getattr(cli, "main", None)
+    return set(getattr(group, "commands", {}))
 
 
 def _has_entrypoints() -> bool:

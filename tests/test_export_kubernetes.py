@@ -100,7 +100,8 @@ def test_kubernetes_objects_validate_and_wire_up(tmp_path: Path, monkeypatch: py
     gateway = _container(objs[("Deployment", "gateway")])
     command = gateway["command"]
     assert [command[i + 1] for i, a in enumerate(command) if a == "--executor-address"] == [
-        "enc=enc.search.svc:8081", "index_=index-0.search.svc:8081", "index_=index-1.search.svc:8081",
+        "enc=enc.search.svc:8081", "index_/shard0=index-0.search.svc:8081",
+        "index_/shard1=index-1.search.svc:8081",
         "ext=ext.search.svc:8081"]
     assert [p["containerPort"] for p in gateway["ports"]] == [8080, 8000]
     assert gateway["readinessProbe"]["grpc"] == {"port": 8080}

@@ -5,9 +5,9 @@ runs `orchestra gateway --uses /app/flow.yml ... --executor-address NAME=HOST:PO
 local runtime's processes correspond to. Every container has its own network namespace, so every
 executor listens on the same port (`EXECUTOR_PORT`) and is told apart by its host name.
 
-`--executor-address` is repeated in shard-major order (shard 0's addresses, then shard 1's, ...); the
-gateway splits an executor's list into `shards` equal groups. Compose gives one address per replica
-(each replica is a service), Kubernetes one per shard (the replicas of a shard sit behind one Service).
+`--executor-address NAME=HOST:PORT` is repeated once per address; a sharded executor's addresses say
+their shard, `NAME/shardS=HOST:PORT`. Compose gives one address per replica (each replica is a
+service), Kubernetes one per shard (the replicas of a shard sit behind one Service).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "FLOW_FILE",
     "Container",
     "dns_name",
+    "executor_address",
     "executor_command",
     "gateway_command",
     "gateway_ports",
@@ -62,6 +63,12 @@ def gateway_ports(spec: FlowSpec) -> dict[str, int]:
     """Port per protocol inside the gateway container: the spec's, else 8080 (gRPC) and 8000 (HTTP)."""
     gw = spec.gateway
     return {p: gw.port_for(p) or DEFAULT_GATEWAY_PORTS[p] for p in gw.protocol}
+
+
+def executor_address(ex: ExecutorSpec, shard: int, address: str) -> tuple[str, str]:
+    """The (key, address) of one `--executor-address`: the key names the shard when there are several."""
+    name = ex.name or "executor"
+    return (f"{name}/shard{shard}" if ex.shards > 1 else name), address
 
 
 def executor_command(name: str, shard: int, replica: int | None, shards: int) -> list[str]:

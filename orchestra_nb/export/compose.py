@@ -20,6 +20,7 @@ from orchestra_nb.export._plan import (
     EXECUTOR_PORT,
     FLOW_FILE,
     dns_name,
+    executor_address,
     executor_command,
     gateway_command,
     gateway_ports,
@@ -88,7 +89,7 @@ def compose_document(spec: FlowSpec, ctx: BuildContext, build_rel: str = ".") ->
                     device["count"] = count
                 svc["deploy"] = {"resources": {"reservations": {"devices": [device]}}}
             services[service] = svc
-            addresses.append((name, f"{service}:{EXECUTOR_PORT}"))
+            addresses.append(executor_address(ex, shard, f"{service}:{EXECUTOR_PORT}"))
     ports = gateway_ports(spec)
     gateway = _build(ctx, "gateway", build_rel)
     gateway["command"] = gateway_command(spec, addresses)

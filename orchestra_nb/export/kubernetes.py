@@ -25,6 +25,7 @@ from orchestra_nb.export._plan import (
     EXECUTOR_PORT,
     FLOW_FILE,
     dns_name,
+    executor_address,
     executor_command,
     gateway_command,
     gateway_ports,
@@ -132,7 +133,7 @@ def _executor_objects(spec: FlowSpec, ex: ExecutorSpec, ctx: BuildContext, names
             "type": "ClusterIP", "selector": {"app": component},
             "ports": [{"name": "grpc", "port": EXECUTOR_PORT, "targetPort": EXECUTOR_PORT,
                        "protocol": "TCP", "appProtocol": "grpc"}]}})
-        addresses.append((name, f"{component}.{namespace}.svc:{EXECUTOR_PORT}"))
+        addresses.append(executor_address(ex, shard, f"{component}.{namespace}.svc:{EXECUTOR_PORT}"))
     return objects, addresses
 
 

@@ -84,7 +84,7 @@ class AsyncClient:
     """Async client for one gateway address."""
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, protocol: str = "grpc", *,
-                 token: str | None = None, tls: bool = False,
+                 token: str | None = None, tls: bool = False, ca_file: str | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
         if port is None:
             raise ValueError("Client needs a port: Client(port=...) or use flow.post(...) directly")
@@ -92,7 +92,8 @@ class AsyncClient:
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         self.host, self.port, self.protocol = host, port, protocol
         self.token = token
-        self.tls = tls
+        self.tls = tls or ca_file is not None
+        self.ca_file = ca_file
         self.max_message_size = max_message_size
         self._channel: Any = None
         self._call: Any = None
@@ -110,8 +111,15 @@ class AsyncClient:
             options = [("grpc.max_send_message_length", self.max_message_size),
                        ("grpc.max_receive_message_length", self.max_message_size)]
             target = f"{self.host}:{self.port}"
-            self._channel = (grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-                             if self.tls else grpc.aio.insecure_channel(target, options=options))
+            if self.tls:
+                root = None
+                if self.ca_file:
+                    with open(self.ca_file, "rb") as f:
+                        root = f.read()
+                credentials = grpc.ssl_channel_credentials(root_certificates=root)
+                self._channel = grpc.aio.secure_channel(target, credentials, options=options)
+            else:
+                self._channel = grpc.aio.insecure_channel(target, options=options)
             self._call = self._channel.unary_unary(
                 "/orchestra.Orchestra/Call", request_serializer=serialize,
                 response_deserializer=deserialize)
@@ -121,7 +129,7 @@ class AsyncClient:
             scheme = "https" if self.tls else "http"
             headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
             self._http = httpx.AsyncClient(base_url=f"{scheme}://{self.host}:{self.port}", headers=headers,
-                                           timeout=None)
+                                           timeout=None, verify=self.ca_file or True)
 
     async def close(self) -> None:
         if self._channel is not None:

@@ -7,6 +7,7 @@ The sync API runs over one loop thread owned by the object (DESIGN.md decision 2
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import threading
@@ -66,6 +67,10 @@ class Orchestration:
                 raise LifecycleError(f"cannot start a {self._kind} that is {self.state.value}")
             spec = self.flow_spec()
             validate_topology(spec)
+            if spec.gateway.expose:  # a missing authtoken or HTTP door fails here, before any process
+                from orchestra_nb.notebook.tunnel import check_expose
+
+                check_expose(self, spec.gateway.expose)
             registry.register(self)
             self.state = State.STARTING
             self._supervisor = Supervisor(spec, base_dir=self.base_dir, echo=not registry.in_notebook(),
@@ -79,13 +84,20 @@ class Orchestration:
                 protocol = "grpc" if "grpc" in gw.protocol else "http"
                 host = "127.0.0.1" if gw.host in ("0.0.0.0", "") else gw.host
                 self._client = AsyncClient(host, self._supervisor.ports[protocol], protocol, token=gw.token,
-                                           tls=bool(gw.ssl_certfile), max_message_size=gw.max_message_size)
+                                           tls=bool(gw.ssl_certfile), ca_file=gw.ssl_certfile,
+                                           max_message_size=gw.max_message_size)
             except BaseException:
                 self.state = State.FAILED
                 self._teardown()
                 registry.unregister(self)
                 raise
             self.state = State.READY
+            if spec.gateway.expose:
+                try:
+                    self.expose(spec.gateway.expose)
+                except BaseException:
+                    self.close()
+                    raise
             if any(ex.reload for ex in spec.executors):
                 from orchestra_nb.runtime.reloader import Reloader
 
@@ -98,6 +110,11 @@ class Orchestration:
             listener(key, line)
 
     def _teardown(self) -> None:
+        if "_tunnel" in self.__dict__:  # the public URL goes first, while the gateway still runs
+            from orchestra_nb.notebook.tunnel import unexpose
+
+            with contextlib.suppress(Exception):
+                unexpose(self)
         if self._reloader is not None:
             self._reloader.stop()
             self._reloader = None

@@ -150,7 +150,12 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
         })])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
-        grpc_server.add_insecure_port(f"{host}:{ports['grpc']}")
+        if gw.ssl_certfile and gw.ssl_keyfile:
+            with open(gw.ssl_keyfile, "rb") as key, open(gw.ssl_certfile, "rb") as cert:
+                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+            grpc_server.add_secure_port(f"{host}:{ports['grpc']}", credentials)
+        else:
+            grpc_server.add_insecure_port(f"{host}:{ports['grpc']}")
         await grpc_server.start()
     # the typed HTTP routes need every executor's schemas: wait until each answers Info
     waiting = asyncio.ensure_future(gateway.router.wait_info(deadline))

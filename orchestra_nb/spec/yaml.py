@@ -574,6 +574,7 @@ def save_config(obj: Flow | Deployment, path: str) -> None:
     writer = _Writer(folder, obj.base_dir or os.getcwd(), f"{stem}_executors.py")
     spec = obj.spec
     data = _flow_data(spec, writer) if isinstance(spec, FlowSpec) else _deployment_data(spec, writer)
+    os.makedirs(folder, exist_ok=True)
     writer.write_module()
     try:
         text = yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True)
@@ -581,7 +582,6 @@ def save_config(obj: Flow | Deployment, path: str) -> None:
         raise ConfigError(f"cannot save {obj!r} to YAML: a value has no YAML form: {exc.args[-1]!r}; "
                           "keep uses_with and other options to plain data (numbers, strings, lists, "
                           "mappings)") from None
-    os.makedirs(folder, exist_ok=True)
     with open(full, "w", encoding="utf-8") as f:
         f.write(text)
 

@@ -145,6 +145,7 @@ def _serve(kind: str, uses: str, context: tuple[str, ...], port: tuple[int, ...]
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
+    log = logging.getLogger("orchestra_nb.cli")
     with _stop_on_signals(on_signal):
         with _errors():
             obj.start()
@@ -152,8 +153,11 @@ def _serve(kind: str, uses: str, context: tuple[str, ...], port: tuple[int, ...]
             if not stop.is_set():
                 print_summary(obj)
                 sys.stdout.flush()
+                log.info("%s %r serving on %s; stop with Ctrl-C or SIGTERM", kind, obj.name,
+                         ", ".join(f"{p} port {n}" for p, n in obj.ports.items()))
         finally:
             obj.block(stop)
+        log.info("%s %r stopped", kind, obj.name)
 
 
 _uses = click.option("--uses", required=True, metavar="YAML", help="The YAML file (or YAML text).")

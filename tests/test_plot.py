@@ -267,7 +267,7 @@ def test_accepts_flows_deployments_and_specs() -> None:
     dep = topology(Deployment(name="dep", shards=2))
     assert {e.source + ">" + e.target for e in dep.edges} == {"gateway>dep", "dep>gateway:out"}
     assert isinstance(plot(spec), FlowPicture)
-    with pytest.raises(TypeError, match="plot\\(\\) draws a Flow.*not dict"):
+    with pytest.raises(TypeError, match=r"plot\(\) draws a Flow.*not dict"):
         topology({"executors": []})
     with pytest.raises(ValueError, match="renderer must be"):
         to_svg(spec, renderer="png")  # type: ignore[arg-type]

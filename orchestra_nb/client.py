@@ -43,8 +43,8 @@ def _doc_bytes(doc: Any) -> int:
 def _batches(inputs: Any, size: int, max_bytes: int = MAX_REQUEST_BYTES) -> Iterator[list[Any]]:
     """Split inputs into requests of at most `size` docs and (beyond one doc) about `max_bytes`.
 
-    gRPC moves a few MB per message far faster than tens of MB (measured here: a 26 MB echo takes ~8×
-    the time of a 2.6 MB one for 10× the bytes), so big tensors go in requests of about 2 MB.
+    gRPC moves a few MB per message far faster than tens of MB (measured here: a 26 MB echo takes ~8x
+    the time of a 2.6 MB one for 10x the bytes), so big tensors go in requests of about 2 MB.
     """
     if inputs is None:
         yield []

@@ -234,7 +234,8 @@ def _add_typed_route(app: FastAPI, endpoint: str, inp: dict[str, Any], out: dict
 
     async def typed(request: Request) -> JSONResponse:
         body = await read_body(request, _Body)
-        return await run(endpoint, body)
+        response: JSONResponse = await run(endpoint, body)
+        return response
 
     app.add_api_route(
         endpoint, typed, methods=["POST"], summary=f"Send docs to {endpoint}",

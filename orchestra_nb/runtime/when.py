@@ -43,18 +43,15 @@ def _cmp(op: str, arg: Any) -> Callable[[Any], bool]:
                 return False
         return run
 
-    if op == "$eq":
-        return safe(lambda v: v == arg)
+    import operator
+
+    binary: dict[str, Callable[[Any, Any], Any]] = {
+        "$eq": operator.eq, "$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
+    if op in binary:
+        compare = binary[op]
+        return safe(lambda v: compare(v, arg))
     if op == "$ne":
         return lambda v: v is _MISSING or v != arg
-    if op == "$gt":
-        return safe(lambda v: v > arg)
-    if op == "$gte":
-        return safe(lambda v: v >= arg)
-    if op == "$lt":
-        return safe(lambda v: v < arg)
-    if op == "$lte":
-        return safe(lambda v: v <= arg)
     if op in ("$in", "$nin"):
         if not isinstance(arg, list):
             raise ConfigError(f"when: {op} takes a list, got {arg!r}")
@@ -70,6 +67,25 @@ def _cmp(op: str, arg: Any) -> Callable[[Any], bool]:
                       "$exists $regex, or $and $or $not")
 
 
+def _combine(parts: list[Predicate], how: Callable[[Any], bool]) -> Predicate:
+    def check(doc: dict[str, Any]) -> bool:
+        return how(p(doc) for p in parts)
+    return check
+
+
+def _negate(inner: Predicate) -> Predicate:
+    def check(doc: dict[str, Any]) -> bool:
+        return not inner(doc)
+    return check
+
+
+def _field(path: list[str], checks: list[Callable[[Any], bool]]) -> Predicate:
+    def check(doc: dict[str, Any]) -> bool:
+        value = _get(doc, path)
+        return all(c(value) for c in checks)
+    return check
+
+
 def compile_when(condition: dict[str, Any]) -> Predicate:
     """Compile a condition mapping into a predicate over a doc (as a plain dict)."""
     if not isinstance(condition, dict):
@@ -79,17 +95,12 @@ def compile_when(condition: dict[str, Any]) -> Predicate:
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
                 raise ConfigError(f"when: {key} takes a non-empty list of conditions")
-            parts = [compile_when(v) for v in value]
-            tests.append((lambda d, ps=parts: all(p(d) for p in ps)) if key == "$and"
-                         else (lambda d, ps=parts: any(p(d) for p in ps)))
+            tests.append(_combine([compile_when(v) for v in value], all if key == "$and" else any))
         elif key == "$not":
-            inner = compile_when(value)
-            tests.append(lambda d, p=inner: not p(d))
+            tests.append(_negate(compile_when(value)))
         elif key.startswith("$"):
             raise ConfigError(f"when: {key!r} cannot stand at the top of a condition; use $and, $or or $not")
         else:
-            path = key.split(".")
             ops = value if isinstance(value, dict) and value and all(k.startswith("$") for k in value) else {"$eq": value}
-            checks = [_cmp(op, arg) for op, arg in ops.items()]
-            tests.append(lambda d, path=path, cs=checks: all(c(_get(d, path)) for c in cs))
-    return lambda d: all(t(d) for t in tests)
+            tests.append(_field(key.split("."), [_cmp(op, arg) for op, arg in ops.items()]))
+    return _combine(tests, all)

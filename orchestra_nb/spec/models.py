@@ -119,7 +119,7 @@ class ExecutorSpec(_Model):
 class GatewaySpec(_Model):
     """The front doors: protocols, ports, access rules."""
 
-    protocol: list[Protocol] = Field(default_factory=lambda: ["grpc"])
+    protocol: list[Protocol] = Field(default_factory=lambda: ["grpc"])  # type: ignore[arg-type]
     port: list[int | None] = Field(default_factory=list)
     host: str = "127.0.0.1"
     prefetch: int = Field(default=0, ge=0)

@@ -58,7 +58,7 @@ def encode(docs: Iterable[Any]) -> bytes:
                 raise WireError(f"cannot send an array of dtype {value.dtype}: only bool, integer, float "
                                 "and complex arrays travel on the wire")
             arr = np.ascontiguousarray(value)
-            buffers.append(memoryview(arr).cast("B"))
+            buffers.append(memoryview(arr).cast("B"))  # type: ignore[arg-type]
             return {"$nd": [len(buffers) - 1, arr.dtype.str, list(arr.shape)]}
         if isinstance(value, (bytes, bytearray, memoryview)):
             buffers.append(memoryview(value).cast("B"))
@@ -118,7 +118,7 @@ def _meta(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
     return meta, end + _pad(end)
 
 
-def decode_json(data: bytes) -> list[Any]:
+def decode_json(data: bytes | memoryview) -> list[Any]:
     """Decode a payload to JSON-ready dicts (arrays as nested lists, bytes as latin-1 strings)."""
     return [_to_jsonable(d) for d in decode(data)]
 
@@ -135,7 +135,7 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
-def decode(data: bytes) -> list[Any]:
+def decode(data: bytes | memoryview) -> list[Any]:
     """Decode a payload to plain dicts with numpy arrays (writable) and bytes in place."""
     meta, base = _meta(data)
     bufs = meta.get("bufs", [])
@@ -188,4 +188,5 @@ def _array(ref: Any, buffer: Any) -> np.ndarray[Any, Any]:
     if count * dtype.itemsize != buf.nbytes:
         raise WireError(f"the docs payload's array of shape {shape} and dtype {dtype_str} does not match "
                         f"its buffer of {buf.nbytes} bytes")
-    return np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+    array: np.ndarray[Any, Any] = np.frombuffer(buf, dtype=dtype, count=count).reshape(shape)
+    return array

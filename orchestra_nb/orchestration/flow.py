@@ -130,9 +130,11 @@ class Flow(Orchestration):
     def to_docker_compose_yaml(self, output_path: str | None = None, **kwargs: Any) -> str:
         from orchestra_nb.export import to_docker_compose_yaml
 
+        kwargs.setdefault("base_dir", self.base_dir)
         return to_docker_compose_yaml(self._spec, output_path, **kwargs)
 
     def to_kubernetes_yaml(self, output_base_path: str, k8s_namespace: str | None = None, **kwargs: Any) -> str:
         from orchestra_nb.export import to_kubernetes_yaml
 
+        kwargs.setdefault("base_dir", self.base_dir)
         return to_kubernetes_yaml(self._spec, output_base_path, k8s_namespace=k8s_namespace, **kwargs)

@@ -4,6 +4,7 @@ classes defined in `__main__` or a notebook cell so the YAML starts in fresh pro
 from __future__ import annotations
 
 import linecache
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -208,3 +209,31 @@ def test_notebook_class_saved_as_module_and_served_from_yaml(tmp_path: Path) -> 
         got = again.post("/run", [Doc(text="hi")])
     assert got.texts == expected.texts == ["HI-nb"]
     assert got[0].tags == expected[0].tags == {"n": 5}
+
+
+@pytest.mark.kernel
+def test_class_from_a_real_notebook_cell_saves_and_serves(tmp_path: Path) -> None:
+    jupyter_client = pytest.importorskip("jupyter_client")
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    km.start_kernel(cwd=str(tmp_path), env={**os.environ, "PYTHONPATH": str(ROOT)})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        errors: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "error":
+                errors.append("\n".join(msg["content"]["traceback"]))
+
+        for cell in (NOTEBOOK_CELL,
+                     f"from orchestra_nb import Flow\nFlow(name='cell').add(uses=NotebookUpper, name='up')"
+                     f".save_config({str(tmp_path / 'cell.yml')!r})\n"):
+            reply = kc.execute_interactive(cell, timeout=60, output_hook=hook)
+            assert reply["content"]["status"] == "ok", "\n".join(errors)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert "class NotebookUpper(Executor):" in (tmp_path / "cell_executors.py").read_text()
+    with load_config(str(tmp_path / "cell.yml")) as flow:
+        assert flow.post("/run", [Doc(text="ok")]).texts == ["OK-nb"]

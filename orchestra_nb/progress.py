@@ -172,6 +172,9 @@ class StartupProgress:
                     "phase_s": round(max(0.0, now - slowest.since), 3),
                     "fraction": round(sum(r.fraction for r in reps) / len(reps), 4),
                     "failed": bool(failed),
+                    # when the last replica became ready, from the start (None until all are)
+                    "ready_s": round(max(r.since for r in reps) - self.started, 3)
+                    if all(r.phase == "ready" for r in reps) else None,
                     "keys": {r.key: r.phase for r in reps},
                     "history": {r.key: [p for p, _ in r.history] for r in reps},
                 }
@@ -216,6 +219,8 @@ class _PhaseColumn(ProgressColumn):
         if ex is None:
             return Text("")
         style = "red" if ex["failed"] else ("green" if ex["ready"] == ex["replicas"] else "yellow")
+        if ex["ready_s"] is not None:
+            return Text(f"{ex['ready']}/{ex['replicas']} ready after {ex['ready_s']:.1f}s", style=style)
         detail = f" ({ex['detail']})" if ex.get("detail") else ""
         return Text(f"{ex['ready']}/{ex['replicas']} ready  {ex['phase']}{detail} {ex['phase_s']:.1f}s",
                     style=style)
@@ -261,6 +266,12 @@ class ConsoleProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def refresh(self) -> None:
+        """Redraw now (the live display also redraws by itself unless auto_refresh is off)."""
+        with self._lock:
+            if self._progress is not None and not self._done:
+                self._render_bars()
 
     def log(self, line: str) -> None:
         """Print a line (a child's output) above the live bars instead of through them."""

@@ -181,11 +181,11 @@ def test_interrupt_leaves_the_flow_serving(kernel: Kernel) -> None:
     name = f"nbk-{RUN}-int"
     kernel.run(start_cell(name))
     before = ours(name)
-    msg_id = kernel.kc.execute("import time\ntime.sleep(60)")
+    msg_id = kernel.kc.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
     deadline = time.monotonic() + 30
-    while True:  # wait until the long cell runs
+    while True:  # wait until the long cell's own code runs (a signal before that hits the kernel loop)
         msg = kernel.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "execute_input":
+        if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
             break
     kernel.km.interrupt_kernel()  # SIGINT to the kernel's whole process group, like the stop button
     while True:

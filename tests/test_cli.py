@@ -238,6 +238,8 @@ def test_version_ping_and_wrong_kind() -> None:
     assert runner.invoke(cli, ["ping", f"ftp://127.0.0.1:{port}"]).exit_code == 1
     wrong = runner.invoke(cli, ["flow", "--uses", str(EXAMPLES / "deployment.yml")])
     assert wrong.exit_code == 1 and "orchestra deployment --uses" in wrong.output
+    bad_context = runner.invoke(cli, ["flow", "--uses", str(EXAMPLES / "flow.yml"), "--context", "novalue"])
+    assert bad_context.exit_code == 2 and "is not KEY=VALUE" in bad_context.output
     missing = runner.invoke(cli, ["executor", "--uses", str(EXAMPLES / "flow.yml"), "--name", "nope"])
     assert missing.exit_code == 1 and "['upper', 'suffix']" in missing.output
     no_addr = runner.invoke(cli, ["gateway", "--uses", str(EXAMPLES / "flow.yml"), "--executor-address",

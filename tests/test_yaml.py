@@ -139,6 +139,13 @@ def test_executor_yaml_and_inline_mapping_uses_serve(tmp_path: Path) -> None:
     assert served.spec.executor.uses == "suffix.yml"
 
 
+def test_dotted_uses_serves() -> None:
+    text = "jtype: Deployment\nwith:\n  uses: tests.executors.Upper\n  protocol: http\n"
+    with load_config(text) as dep:
+        assert dep.spec.executor.uses == "tests.executors.Upper"
+        assert dep.post("/upper", [Doc(text="q")]).texts == ["Q"]
+
+
 def test_deployment_sections_round_trip(tmp_path: Path) -> None:
     spec = DeploymentSpec(
         name="dep", log_config=str(EXAMPLES / "logging.json.yml"),

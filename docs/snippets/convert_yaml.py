@@ -1,4 +1,4 @@
-from orchestra_nb import Deployment, Flow, load_config
+from orchestra_nb import Deployment, Executor, Flow, load_config, requests
 
 f = Flow.load_config("flow.yml")  # the Flow of the YAML below
 dep = Deployment.load_config("deployment.yml")
@@ -7,10 +7,8 @@ anything = load_config("flow.yml")  # a Flow or a Deployment, as the file's `jty
 f.save_config("copy.yml")  # and back to YAML
 assert Flow.load_config("copy.yml").spec == f.spec
 
+
 # classes defined in a script or a notebook cell are saved as source next to the YAML
-from orchestra_nb import Executor, requests
-
-
 class Reverse(Executor):
     @requests(on="/run")
     def reverse(self, docs, parameters):

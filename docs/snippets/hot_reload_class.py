@@ -14,7 +14,7 @@ print(f.post("/greet", [Doc(text="ada")]).texts)  # ['hello ada']
 
 
 # in a notebook: edit and re-run the cell that defines the class ...
-class Greeter(Executor):  # noqa: F811
+class Greeter(Executor):
     @requests(on="/greet")
     def greet(self, docs, parameters):
         for doc in docs:

@@ -218,7 +218,10 @@ def _flow_spec_of(uses: str, context: tuple[str, ...]) -> tuple[Any, str]:
 @click.option("--shard-id", type=int, default=0, show_default=True)
 def executor(uses: str, context: tuple[str, ...], name: str | None, port: int | None, host: str | None,
              replica_id: int, shard_id: int) -> None:
-    """Run one replica of one executor in this process (what a container runs)."""
+    """Run one executor replica in this process.
+
+    This is what an exported container runs; its options map onto the spec in the YAML.
+    """
     from orchestra_nb import logs
     from orchestra_nb.runtime.child import Status
     from orchestra_nb.runtime.ports import free_port
@@ -297,7 +300,10 @@ def _addresses(values: tuple[str, ...], spec: Any) -> dict[str, list[list[str]]]
               help="Where an executor's replica listens (repeatable; once per replica).")
 def gateway(uses: str, context: tuple[str, ...], port: tuple[int, ...], protocol: tuple[str, ...],
             host: str | None, executor_address: tuple[str, ...]) -> None:
-    """Run the gateway of a Flow in this process (what a container runs)."""
+    """Run a Flow's gateway in this process.
+
+    This is what an exported container runs; give every executor replica's address.
+    """
     from orchestra_nb import logs
     from orchestra_nb.runtime.child import Status
     from orchestra_nb.runtime.gateway import run_gateway
@@ -347,7 +353,10 @@ def _ping(address: str, timeout: float) -> tuple[bool, str]:
 @click.argument("address")
 @click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds to wait for an answer.")
 def ping(address: str, timeout: float) -> None:
-    """Health-check ADDRESS (grpc://host:port, http://host:port or host:port); exit 0 when healthy."""
+    """Health-check ADDRESS; exit 0 when healthy, 1 otherwise.
+
+    ADDRESS is grpc://host:port, http://host:port, https://host:port or host:port (gRPC).
+    """
     ok, detail = _ping(address, timeout)
     click.echo(f"{address}: {'healthy' if ok else 'unhealthy'} ({detail})", err=not ok)
     sys.exit(0 if ok else 1)

@@ -352,6 +352,9 @@ def _check_uses(data: dict[str, Any], path: Path, src: _Source, base_dir: str,
         hint = f"did you mean {close[0]!r}? " if close else ""
         src.fail(upath, f"no class {uses!r} in py_modules {py_modules}; {hint}Executor classes found "
                         f"there: {found_cls}")
+    if module is not None and cls_name is not None and not module.classes[cls_name].bases:
+        src.fail(upath, f"class {cls_name!r} in py_modules is not an Executor: it has no base class; "
+                        f"write `class {cls_name}(Executor):` (from orchestra_nb import Executor)")
     requests = data.get("uses_requests") or {}
     if isinstance(requests, dict) and module is not None and cls_name is not None:
         methods = module.methods(cls_name)

@@ -258,6 +258,16 @@ executors:
     kernel.run("%orchestra stop g2")
 
 
+def test_load_ext_of_the_package_registers_the_magics(kernel: Kernel) -> None:
+    import orchestra_nb
+
+    if "load_ipython_extension" not in vars(orchestra_nb):
+        pytest.skip("orchestra_nb/__init__.py does not define load_ipython_extension yet")
+    kernel.run("%load_ext orchestra_nb")
+    out, _ = kernel.run("%orchestra ls")
+    assert out.strip() == "no orchestration is running" or "nbk-" in out
+
+
 def test_kernel_shutdown_leaves_no_process(kernel: Kernel) -> None:
     kernel.run(start_cell(f"nbk-{RUN}-shutdown"))
     assert len(ours(f"nbk-{RUN}-", prefix=True)) >= 4  # this flow and those earlier tests left running

@@ -256,3 +256,23 @@ def test_export_schema(tmp_path: Path) -> None:
     out = tmp_path / "schema.json"
     assert runner.invoke(cli, ["export", "schema", "-o", str(out)]).exit_code == 0
     assert json.loads(out.read_text()) == schema
+
+
+def test_start_up_summary_lists_every_address() -> None:
+    from rich.console import Console
+
+    from orchestra_nb import Flow
+    from orchestra_nb.summary import addresses, private_ip, render_summary
+
+    with Flow(name="summary", protocol=["grpc", "http"], host="0.0.0.0", metrics=True).add(name="e") as flow:
+        console = Console(record=True, width=200)
+        console.print(render_summary(flow))
+        text = console.export_text()
+        rows = addresses(flow)
+    grpc_port, http_port = flow.ports["grpc"], flow.ports["http"]
+    assert f"grpc://127.0.0.1:{grpc_port}" in text and f"http://127.0.0.1:{http_port}" in text
+    assert f"http://127.0.0.1:{http_port}/docs" in text and f"http://127.0.0.1:{http_port}/metrics" in text
+    assert "Flow 'summary' is ready to serve" in text
+    ip = private_ip()
+    assert [r["private"] for r in rows] == ([f"grpc://{ip}:{grpc_port}", f"http://{ip}:{http_port}"] if ip else [None, None])
+    assert [r["public"] for r in rows] == [None, None]

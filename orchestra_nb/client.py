@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from orchestra_nb.docs import Doc, DocList
 from orchestra_nb.errors import BadRequestError, ExecutorError, LifecycleError, TransportError
 
-__all__ = ["AsyncClient", "Client"]
+__all__ = ["AsyncClient", "Client", "GrpcPoster"]
 
 DEFAULT_MAX_MESSAGE = 512 * 1024 * 1024
 
@@ -80,6 +80,117 @@ def raise_for_header(header: Any) -> None:
     raise TransportError(err.message or "the request could not be served")
 
 
+def _check_post(on: str, request_size: int) -> None:
+    if not isinstance(on, str) or not on.startswith("/"):
+        raise BadRequestError(f"endpoint {on!r} must be a string starting with '/', like '/index'")
+    if request_size < 1:
+        raise ValueError("request_size must be at least 1")
+
+
+def _request(on: str, batch: list[Any], params: dict[str, Any], target: str | None) -> Any:
+    from orchestra_nb.wire import codec
+    from orchestra_nb.wire.frame import Frame
+
+    request = Frame()
+    request.header.request_id = uuid.uuid4().hex
+    request.header.endpoint = on
+    request.header.parameters = json.dumps(params).encode()
+    if target:
+        request.header.target_executor = target
+    request.docs = codec.encode(batch)
+    return request
+
+
+def _answer(reply: Any, return_type: type[BaseModel]) -> tuple[list[Any], dict[str, Any]]:
+    from orchestra_nb.wire import codec
+
+    raise_for_header(reply.header)
+    docs = [return_type.model_validate(d) for d in codec.decode(reply.docs)]
+    return docs, {k: json.loads(v) for k, v in reply.header.results.items()}
+
+
+def _collect(answers: list[tuple[list[Any], dict[str, Any]]]) -> DocList[Any]:
+    out: DocList[Any] = DocList(d for docs, _ in answers for d in docs)
+    for _, results in answers:
+        for name, value in results.items():
+            if len(answers) == 1:
+                out.results[name] = value
+            else:
+                out.results.setdefault(name, []).append(value)
+    return out
+
+
+def _grpc_channel(target: str, tls: bool, ca_file: str | None, max_message: int, aio: bool) -> Any:
+    import grpc
+
+    options = [("grpc.max_send_message_length", max_message), ("grpc.max_receive_message_length", max_message)]
+    module: Any = grpc.aio if aio else grpc
+    if not tls:
+        return module.insecure_channel(target, options=options)
+    root = None
+    if ca_file:
+        with open(ca_file, "rb") as f:
+            root = f.read()
+    return module.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root), options=options)
+
+
+class GrpcPoster:
+    """Blocking gRPC posts without an event loop: grpcio's sync channel, with up to `prefetch`
+    requests in flight as grpc futures. Sync `post()` calls use this: it saves the hop to a loop
+    thread that the async client needs."""
+
+    def __init__(self, host: str, port: int, *, token: str | None = None, tls: bool = False,
+                 ca_file: str | None = None, max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        from orchestra_nb.wire.frame import deserialize, serialize
+
+        self.address = f"{host}:{port}"
+        self.token = token
+        self._channel = _grpc_channel(self.address, tls, ca_file, max_message_size, aio=False)
+        self._call = self._channel.unary_unary("/orchestra.Orchestra/Call", request_serializer=serialize,
+                                               response_deserializer=deserialize)
+
+    def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, *,
+             request_size: int = 100, target_executor: str | None = None, timeout: float | None = None,
+             return_type: type[BaseModel] = Doc, prefetch: int = 8) -> DocList[Any]:
+        import collections
+
+        import grpc
+
+        _check_post(on, request_size)
+        params = parameters or {}
+        metadata = [("authorization", f"Bearer {self.token}")] if self.token else None
+        pending: collections.deque[Any] = collections.deque()
+        answers: list[tuple[list[Any], dict[str, Any]]] = []
+
+        def settle(future: Any) -> None:
+            try:
+                reply = future.result()
+            except grpc.RpcError as exc:
+                for other in pending:
+                    other.cancel()
+                raise TransportError(f"gRPC call to {self.address} failed: {exc.code().name}: "
+                                     f"{exc.details()}") from None
+            answers.append(_answer(reply, return_type))
+
+        try:
+            for batch in _batches(inputs, request_size):
+                request = _request(on, batch, params, target_executor)
+                if len(pending) >= max(1, prefetch):
+                    settle(pending.popleft())
+                pending.append(self._call.future(request, timeout=timeout, metadata=metadata,
+                                                 wait_for_ready=True))
+            while pending:
+                settle(pending.popleft())
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        return _collect(answers)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
 class AsyncClient:
     """Async client for one gateway address."""
 
@@ -104,22 +215,10 @@ class AsyncClient:
 
     def _ensure(self) -> None:
         if self.protocol == "grpc" and self._channel is None:
-            import grpc
-
             from orchestra_nb.wire.frame import deserialize, serialize
 
-            options = [("grpc.max_send_message_length", self.max_message_size),
-                       ("grpc.max_receive_message_length", self.max_message_size)]
-            target = f"{self.host}:{self.port}"
-            if self.tls:
-                root = None
-                if self.ca_file:
-                    with open(self.ca_file, "rb") as f:
-                        root = f.read()
-                credentials = grpc.ssl_channel_credentials(root_certificates=root)
-                self._channel = grpc.aio.secure_channel(target, credentials, options=options)
-            else:
-                self._channel = grpc.aio.insecure_channel(target, options=options)
+            self._channel = _grpc_channel(f"{self.host}:{self.port}", self.tls, self.ca_file,
+                                          self.max_message_size, aio=True)
             self._call = self._channel.unary_unary(
                 "/orchestra.Orchestra/Call", request_serializer=serialize,
                 response_deserializer=deserialize)
@@ -144,10 +243,7 @@ class AsyncClient:
                    timeout: float | None = None, return_type: type[BaseModel] = Doc,
                    prefetch: int = 8) -> DocList[Any]:
         """Send docs to endpoint `on`; returns the docs that come back, with `.results`."""
-        if not isinstance(on, str) or not on.startswith("/"):
-            raise BadRequestError(f"endpoint {on!r} must be a string starting with '/', like '/index'")
-        if request_size < 1:
-            raise ValueError("request_size must be at least 1")
+        _check_post(on, request_size)
         self._ensure()
         params = parameters or {}
         semaphore = asyncio.Semaphore(max(1, prefetch))
@@ -165,37 +261,19 @@ class AsyncClient:
             for t in tasks:
                 t.cancel()
             raise
-        out: DocList[Any] = DocList(d for docs, _ in answers for d in docs)
-        for _, results in answers:
-            for name, value in results.items():
-                if len(answers) == 1:
-                    out.results[name] = value
-                else:
-                    out.results.setdefault(name, []).append(value)
-        return out
+        return _collect(list(answers))
 
     async def _post_grpc(self, on: str, batch: list[Any], params: dict[str, Any], target: str | None,
                          timeout: float | None, return_type: type[BaseModel]) -> tuple[list[Any], dict[str, Any]]:
         import grpc
 
-        from orchestra_nb.wire import codec
-        from orchestra_nb.wire.frame import Frame
-
-        request = Frame()
-        request.header.request_id = uuid.uuid4().hex
-        request.header.endpoint = on
-        request.header.parameters = json.dumps(params).encode()
-        if target:
-            request.header.target_executor = target
-        request.docs = codec.encode(batch)
+        request = _request(on, batch, params, target)
         try:
             reply = await self._call(request, timeout=timeout, metadata=self._metadata(), wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise TransportError(f"gRPC call to {self.host}:{self.port} failed: {exc.code().name}: "
                                  f"{exc.details()}") from None
-        raise_for_header(reply.header)
-        docs = [return_type.model_validate(d) for d in codec.decode(reply.docs)]
-        return docs, {k: json.loads(v) for k, v in reply.header.results.items()}
+        return _answer(reply, return_type)
 
     async def _post_http(self, on: str, batch: list[Any], params: dict[str, Any], target: str | None,
                          timeout: float | None, return_type: type[BaseModel]) -> tuple[list[Any], dict[str, Any]]:
@@ -245,6 +323,7 @@ class Client:
 
         self._async = AsyncClient(host, port, protocol, **kwargs)
         self._loop: LoopThread | None = LoopThread("orchestra-nb-client")
+        self._poster = GrpcPoster(host, port, **kwargs) if protocol == "grpc" and port is not None else None
 
     def _loop_or_raise(self) -> Any:
         if self._loop is None:
@@ -252,7 +331,10 @@ class Client:
         return self._loop
 
     def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, **kwargs: Any) -> DocList[Any]:
-        return self._loop_or_raise().run(self._async.post(on, inputs, parameters, **kwargs))  # type: ignore[no-any-return]
+        loop = self._loop_or_raise()
+        if self._poster is not None:
+            return self._poster.post(on, inputs, parameters, **kwargs)
+        return loop.run(self._async.post(on, inputs, parameters, **kwargs))  # type: ignore[no-any-return]
 
     async def post_async(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None,
                          **kwargs: Any) -> DocList[Any]:
@@ -262,6 +344,9 @@ class Client:
         return self._loop_or_raise().run(self._async.info())  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        if self._poster is not None:
+            self._poster.close()
+            self._poster = None
         if self._loop is not None:
             try:
                 self._loop.run(self._async.close(), timeout=5)

@@ -119,7 +119,7 @@ def test_crafted_pickle_is_rejected_and_not_executed(tmp_path: Path) -> None:
 
     with Deployment(uses=Scale) as dep:
         payload = pickle.dumps([Evil()])
-        targets = [dep._supervisor.addresses["scale"][0][0], f"127.0.0.1:{dep.port}"]
+        targets = [dep._supervisor.addresses["scale"][0][0].partition("#")[0], f"127.0.0.1:{dep.port}"]
         for target in targets:  # straight to the worker, and through the gateway
             with grpc.insecure_channel(target) as channel:
                 call = channel.unary_unary("/orchestra.Orchestra/Call",
@@ -161,7 +161,7 @@ def test_bad_options_are_config_errors() -> None:
 def test_ports_are_free_after_close_and_titles_and_sigint() -> None:
     dep = Deployment(uses=Tagger, replicas=2, protocol=["grpc", "http"])
     with dep:
-        ports = list(dep.ports.values()) + [int(a.rsplit(":", 1)[1]) for a in dep._supervisor.addresses["tagger"][0]]
+        ports = list(dep.ports.values()) + [int(a.partition("#")[0].rsplit(":", 1)[1]) for a in dep._supervisor.addresses["tagger"][0]]
         for child in dep._supervisor.children():
             with open(f"/proc/{child.pid}/cmdline", "rb") as f:
                 title = f.read().split(b"\0")[0].decode()

@@ -43,6 +43,7 @@ class Orchestration:
         self._lock = threading.RLock()
         self._listeners: list[Any] = []
         self._reloader: Any = None
+        self._poster: Any = None
 
     # ---- spec ----------------------------------------------------------------------------------
     @property
@@ -78,7 +79,7 @@ class Orchestration:
             try:
                 self._supervisor.start()
                 self._loop = LoopThread(f"orchestra-nb-{spec.name}")
-                from orchestra_nb.client import AsyncClient
+                from orchestra_nb.client import AsyncClient, GrpcPoster
 
                 gw = spec.gateway
                 protocol = "grpc" if "grpc" in gw.protocol else "http"
@@ -86,6 +87,10 @@ class Orchestration:
                 self._client = AsyncClient(host, self._supervisor.ports[protocol], protocol, token=gw.token,
                                            tls=bool(gw.ssl_certfile), ca_file=gw.ssl_certfile,
                                            max_message_size=gw.max_message_size)
+                if protocol == "grpc":
+                    self._poster = GrpcPoster(host, self._supervisor.ports["grpc"], token=gw.token,
+                                              tls=bool(gw.ssl_certfile), ca_file=gw.ssl_certfile,
+                                              max_message_size=gw.max_message_size)
             except BaseException:
                 self.state = State.FAILED
                 self._teardown()
@@ -123,6 +128,9 @@ class Orchestration:
                 self._loop.run(self._client.close(), timeout=5)
             except Exception:  # the loop may already be gone at interpreter exit
                 pass
+        if self._poster is not None:
+            self._poster.close()
+            self._poster = None
         if self._loop is not None:
             self._loop.stop()
         if self._supervisor is not None:
@@ -186,6 +194,8 @@ class Orchestration:
     def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, **kwargs: Any) -> DocList[Any]:
         """Send docs to endpoint `on` and return the docs that come back (see Client.post)."""
         client, loop = self._ready_client()
+        if self._poster is not None:
+            return self._poster.post(on, inputs, parameters, **kwargs)  # type: ignore[no-any-return]
         return loop.run(client.post(on, inputs, parameters, **kwargs))  # type: ignore[no-any-return]
 
     async def post_async(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None,
@@ -280,6 +290,8 @@ class Orchestration:
         if sup.gateway is not None and not sup.gateway.control({"cmd": "set_token", "token": token}):
             raise LifecycleError("the gateway did not confirm the new token")
         self._client.token = token
+        if self._poster is not None:
+            self._poster.token = token
 
     def scale(self, name: str, replicas: int) -> None:
         """Change an executor's replicas while serving; no request fails on the way."""

@@ -11,6 +11,8 @@ the gateway stops first (so requests in flight finish), then the workers; SIGTER
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -62,10 +64,24 @@ class Supervisor:
         self.running = False
         self._closing = False
         self._lock = threading.Lock()
+        self._socket_dir: str | None = None
+        self._sockets = 0
 
     # ---- start ---------------------------------------------------------------------------------
+    def _address(self, host: str, port: int) -> str:
+        """`host:port` for gRPC, plus `#/path.sock` for the gateway's local stream hop."""
+        if self._socket_dir is None or os.environ.get("ORCHESTRA_INTERNAL_TRANSPORT", "stream") == "grpc":
+            return f"{host}:{port}"
+        self._sockets += 1
+        return f"{host}:{port}#{os.path.join(self._socket_dir, f'r{self._sockets}.sock')}"
+
     def plan(self) -> None:
+        import tempfile
+
         from orchestra_nb.runtime.devices import assign_devices, discover
+
+        if self._socket_dir is None and sys.platform != "win32":
+            self._socket_dir = tempfile.mkdtemp(prefix="orchestra-nb-")  # mode 0700: this user only
 
         self.addresses = {}
         for ex in self.spec.executors:
@@ -78,7 +94,7 @@ class Supervisor:
                 for _r in range(ex.replicas):
                     port = fixed[index] if index < len(fixed) else free_port(ex.host)
                     index += 1
-                    reps.append(f"{ex.host}:{port}")
+                    reps.append(self._address(ex.host, port))
                 shards.append(reps)
             self.addresses[name] = shards
         gw = self.spec.gateway
@@ -92,9 +108,11 @@ class Supervisor:
 
     def _worker_config(self, ex: ExecutorSpec, shard: int, replica: int, address: str,
                        device_env: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-        host, _, port = address.rpartition(":")
+        grpc_address, _, stream_path = address.partition("#")
+        host, _, port = grpc_address.rpartition(":")
         name = ex.name or "executor"
         config = {
+            "stream_path": stream_path or None,
             "kind": "worker", "spec": ex, "replica_id": replica, "shard_id": shard, "host": host,
             "port": int(port), "base_dir": self.base_dir, "device": device_env.pop("_device", "cpu"),
             "title": f"orchestra-nb: {self.spec.name}/{name}/{replica}" + (f"/shard{shard}" if ex.shards > 1 else ""),
@@ -227,7 +245,7 @@ class Supervisor:
         from orchestra_nb.runtime.devices import assign_devices
 
         name = ex.name or "executor"
-        address = f"{ex.host}:{free_port(ex.host)}"
+        address = self._address(ex.host, free_port(ex.host))
         envs = assign_devices(ex.model_copy(update={"replicas": max(ex.replicas, replica + 1)}))
         device_env = dict(envs.get((shard, replica), {"_device": "cpu"}))
         config, env = self._worker_config(ex, shard, replica, address, device_env)
@@ -321,6 +339,9 @@ class Supervisor:
                     child.kill()
             for child in group:
                 child.release()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
 
     def children(self) -> list[ChildProcess]:
         return [*self.workers.values(), *([self.gateway] if self.gateway else [])]

@@ -26,6 +26,7 @@ import grpc
 
 from orchestra_nb.logs import get_logger
 from orchestra_nb.runtime.merge import merge_docs, sort_matches
+from orchestra_nb.runtime.stream import StreamChannel, StreamError
 from orchestra_nb.runtime.when import compile_when
 from orchestra_nb.runtime.worker import STATUS_BAD_REQUEST, STATUS_OK, STATUS_UNAVAILABLE
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
@@ -49,6 +50,12 @@ class Replica:
     info_call: Any
     outstanding: int = 0
     down_until: float = 0.0
+    key: str = ""
+
+    async def close(self) -> None:
+        if isinstance(self.call, StreamChannel):
+            await self.call.close()
+        await self.channel.close()
 
 
 @dataclass
@@ -78,13 +85,17 @@ def channel_options(max_message: int) -> list[tuple[str, Any]]:
     ]
 
 
-def _replica(address: str, max_message: int) -> Replica:
+def _replica(key: str, max_message: int) -> Replica:
+    """A replica from its address: `host:port` (gRPC), optionally `#/path.sock` for the local stream hop."""
+    address, _, stream_path = key.partition("#")
     channel = grpc.aio.insecure_channel(address, options=channel_options(max_message))
-    call = channel.unary_unary("/orchestra.Orchestra/Call", request_serializer=serialize,
-                               response_deserializer=deserialize)
+    call: Any = channel.unary_unary("/orchestra.Orchestra/Call", request_serializer=serialize,
+                                    response_deserializer=deserialize)
+    if stream_path:
+        call = StreamChannel(stream_path)
     info = channel.unary_unary("/orchestra.Orchestra/Info", request_serializer=InfoRequest.SerializeToString,
                                response_deserializer=InfoResponse.FromString)
-    return Replica(address, channel, call, info)
+    return Replica(address, channel, call, info, key=key)
 
 
 class Router:
@@ -111,6 +122,10 @@ class Router:
         self.floating = floating
         self.sinks = [n for n in self.order if n not in floating
                       and not any(s not in floating for s in self.nodes[n].successors)]
+        # a plain chain (each node needs only the one before it) is walked without tasks or futures
+        self.linear = not floating and all(
+            self.nodes[n].needs == ([self.order[i - 1]] if i else ["gateway"]) and self.nodes[n].when is None
+            for i, n in enumerate(self.order))
 
     def set_endpoints(self, infos: dict[str, dict[str, Any]]) -> None:
         """Record which endpoints each executor serves (from their Info)."""
@@ -140,7 +155,7 @@ class Router:
     async def set_addresses(self, name: str, addresses: list[list[str]]) -> None:
         """Swap an executor's replicas; a removed replica's channel closes once its requests finish."""
         node = self.nodes[name]
-        old = {r.address: r for shard in node.shards for r in shard}
+        old = {r.key: r for shard in node.shards for r in shard}
         node.shards = [[old.get(a) or _replica(a, node.spec.max_message_size) for a in shard]
                        for shard in addresses]
         kept = {a for shard in addresses for a in shard}
@@ -154,7 +169,7 @@ class Router:
         deadline = time.monotonic() + 30
         while rep.outstanding and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await rep.channel.close()
+        await rep.close()
 
     async def close(self) -> None:
         for task in list(self.floating_tasks):
@@ -162,7 +177,7 @@ class Router:
         for node in self.nodes.values():
             for shard in node.shards:
                 for rep in shard:
-                    await rep.channel.close()
+                    await rep.close()
 
     async def route(self, request: Frame) -> Frame:
         header = request.header
@@ -170,6 +185,12 @@ class Router:
         if error is not None:
             return error
         target = re.compile(header.target_executor) if header.target_executor else None
+        if self.linear:
+            for name in self.order:
+                request = await self._run_node(self.nodes[name], None, target, request)
+                if request.header.status != STATUS_OK:
+                    break
+            return request
         results: dict[str, asyncio.Future[Frame]] = {}
         loop = asyncio.get_running_loop()
         start: asyncio.Future[Frame] = loop.create_future()
@@ -193,10 +214,14 @@ class Router:
         if not task.cancelled() and task.exception() is not None:
             log.warning("floating executor failed: %s", task.exception())
 
-    async def _run_node(self, node: Node, inputs: list[asyncio.Future[Frame]],
-                        target: re.Pattern[str] | None) -> Frame:
-        received = [await f for f in inputs]
-        request = self._join(received) if len(received) > 1 else received[0]
+    async def _run_node(self, node: Node, inputs: list[asyncio.Future[Frame]] | None,
+                        target: re.Pattern[str] | None, given: Frame | None = None) -> Frame:
+        if inputs is None:
+            assert given is not None
+            request = given
+        else:
+            received = [await f for f in inputs]
+            request = self._join(received) if len(received) > 1 else received[0]
         if request.header.status != STATUS_OK:
             return request
         if target is not None and not target.search(node.name):
@@ -286,6 +311,14 @@ class Router:
             replica.outstanding += 1
             try:
                 return await replica.call(request, timeout=node.spec.timeout_send, wait_for_ready=False)  # type: ignore[no-any-return]
+            except (StreamError, TimeoutError) as exc:
+                if isinstance(exc, TimeoutError):
+                    last_error = f"no answer within timeout_send={node.spec.timeout_send} s"
+                    break
+                last_error = f"UNAVAILABLE: {exc}"
+                replica.down_until = time.monotonic() + 0.5
+                log.warning("replica %s of %s failed (%s); retrying on another", replica.address, node.name,
+                            last_error)
             except grpc.aio.AioRpcError as exc:
                 last_error = f"{exc.code().name}: {exc.details()}"
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:

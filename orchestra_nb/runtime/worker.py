@@ -248,11 +248,19 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
     address = f"{config.get('host', '127.0.0.1')}:{config['port']}"
     port = server.add_insecure_port(address)
     await server.start()
+    stream_server = None
+    if config.get("stream_path"):
+        from orchestra_nb.runtime.stream import serve_stream
+
+        stream_server = await serve_stream(config["stream_path"], lambda frame: servicer.call(frame, None),
+                                           spec.max_message_size)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info("serving %s on %s (pid %d, device %s)", runtime_args.name, address, os.getpid(), runtime_args.device)
     status.send("ready", port=port, pid=os.getpid(), endpoints=sorted(servicer.handlers))
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
+    if stream_server is not None:
+        stream_server.close()
     await server.stop(grace=2.0)
     try:
         executor.close()

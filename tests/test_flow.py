@@ -58,7 +58,7 @@ def test_chain_of_three_over_grpc_and_http() -> None:
 def test_diamond_merges_branches(diamond: Flow) -> None:
     out = diamond.post("/x", [Doc(id="1", text="ab"), Doc(id="2", text="abc")])
     assert [d.id for d in out] == ["1", "2"]
-    for d, n in zip(out, (2, 3)):
+    for d, n in zip(out, (2, 3), strict=True):
         assert d.tags["seen_a"] and d.tags["seen_b"] and d.tags["seen_d"]
         assert list(d.embedding) == [0.0, n, 2.0 * n, 3.0 * n]  # c's field filled in by the join
         assert d.tags["path"] == ["a", "b", "d"]

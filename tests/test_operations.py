@@ -61,7 +61,7 @@ def load(tmp_path: Path) -> Iterator[object]:
 
 def finish(proc: subprocess.Popen[str]) -> tuple[int, int, str, str]:
     out, err = proc.communicate(timeout=120)
-    ok, failed, texts = (out.split() + [""])[:3]
+    ok, failed, texts = [*out.split(), ""][:3]
     return int(ok), int(failed), texts, err
 
 

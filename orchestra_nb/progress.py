@@ -105,8 +105,11 @@ class StartupProgress:
         return cls(spec.name, [*keys, "gateway"])
 
     # ---- writing -------------------------------------------------------------------------------
-    def update(self, key: str, phase: str, *, at: float | None = None, detail: str | None = None) -> None:
-        """Record that replica `key` entered `phase` (at `at`, the monotonic clock; now by default)."""
+    def update(self, key: str, phase: str, at: float | None = None, detail: str | None = None) -> None:
+        """Record that replica `key` entered `phase` (at `at`, the monotonic clock; now by default).
+
+        The signature is what `Supervisor(on_phase=...)` calls, so `on_phase=progress.update` fits.
+        """
         now = self.clock() if at is None else at
         with self._lock:
             rep = self.replicas.get(key)
@@ -220,10 +223,11 @@ class _PhaseColumn(ProgressColumn):
             return Text("")
         style = "red" if ex["failed"] else ("green" if ex["ready"] == ex["replicas"] else "yellow")
         if ex["ready_s"] is not None:
-            return Text(f"{ex['ready']}/{ex['replicas']} ready after {ex['ready_s']:.1f}s", style=style)
+            return Text(f"{ex['ready']}/{ex['replicas']} ready after {ex['ready_s']:.1f}s", style=style,
+                        no_wrap=True, overflow="ellipsis")
         detail = f" ({ex['detail']})" if ex.get("detail") else ""
-        return Text(f"{ex['ready']}/{ex['replicas']} ready  {ex['phase']}{detail} {ex['phase_s']:.1f}s",
-                    style=style)
+        return Text(f"{ex['ready']}/{ex['replicas']} ready  {ex['phase']} {ex['phase_s']:.1f}s{detail}",
+                    style=style, no_wrap=True, overflow="ellipsis")
 
 
 class ConsoleProgress:
@@ -242,7 +246,7 @@ class ConsoleProgress:
         self._done = False
         if self.live:
             self._progress = Progress(SpinnerColumn(finished_text="•"), TextColumn("[bold]{task.description}"),
-                                      BarColumn(bar_width=24), _PhaseColumn(model), console=self.console,
+                                      BarColumn(bar_width=20), _PhaseColumn(model), console=self.console,
                                       auto_refresh=auto_refresh, transient=False)
 
     def start(self) -> ConsoleProgress:
@@ -312,14 +316,14 @@ class ConsoleProgress:
                 self._seen[key] = len(rep.history)
         for at, key, what in sorted(events):
             self.console.print(f"{at - self.model.started:6.1f}s  {key:<24} {what}", markup=False,
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
 
     def _print_end(self) -> None:
         elapsed = self.model.elapsed()
         if self.model.ok:
             self.console.print(f"✓ {self.model.name!r} ready in {elapsed:.1f}s", style="green",
-                               markup=False, highlight=False)
+                               markup=False, highlight=False, soft_wrap=True)
         else:
             self.console.print(f"✗ {self.model.name!r} failed after {elapsed:.1f}s: "
                                f"{self.model.reason or 'unknown reason'}", style="red", markup=False,
-                               highlight=False)
+                               highlight=False, soft_wrap=True)

@@ -261,8 +261,7 @@ def test_slow_executor_shows_its_phases_in_order() -> None:
     spec = Flow(name="slowstart").add(uses=Sleepy, name="sleepy", uses_with={"seconds": 1.0}).flow_spec()
     model = StartupProgress.for_spec(spec)
     console = recording_console(terminal=False)
-    sup = Supervisor(spec, echo=False, on_phase=lambda key, phase, at, detail: model.update(
-        key, phase, at=at, detail=detail))
+    sup = Supervisor(spec, echo=False, on_phase=model.update)
     try:
         with ConsoleProgress(model, console):
             sup.start()
@@ -277,3 +276,29 @@ def test_slow_executor_shows_its_phases_in_order() -> None:
     text = console.export_text()
     order = [m for m in re.findall(r"sleepy/0\s+(\w+)", text)]
     assert order == list(PHASES)
+
+
+@pytest.mark.skipif(not _supervisor_reports_phases(),
+                    reason="the runtime does not report start-up phases yet: needs Supervisor(on_phase=...) "
+                           "and the phase events from child/worker (issue 12 wiring)")
+def test_failing_executor_ends_in_failed_with_the_reason() -> None:
+    from orchestra_nb.errors import ExecutorStartupError
+    from orchestra_nb.runtime.supervisor import Supervisor
+    from tests.executors import BrokenInit
+
+    spec = Flow(name="brokenstart").add(uses=BrokenInit, name="broken").flow_spec()
+    model = StartupProgress.for_spec(spec)
+    console = recording_console(terminal=False)
+    sup = Supervisor(spec, echo=False, on_phase=model.update)
+    with ConsoleProgress(model, console), pytest.raises(ExecutorStartupError) as info:
+        try:
+            sup.start()
+        except ExecutorStartupError as exc:
+            model.finish(False, str(exc).splitlines()[0])
+            raise
+    phases = [p for p, _ in model.replicas["broken/0"].history]
+    assert phases[:3] == ["spawning", "importing", "loading"] and phases[-1] == "failed"
+    assert "ready" not in phases and "serving" not in phases
+    text = console.export_text()
+    assert re.search(r"broken/0\s+failed \(.*RuntimeError", text), text
+    assert text.rstrip().endswith(str(info.value).splitlines()[0])

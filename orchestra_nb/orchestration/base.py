@@ -97,12 +97,23 @@ class Orchestration:
                 registry.unregister(self)
                 raise
             self.state = State.READY
+            if spec.log_config:
+                from orchestra_nb import logs
+                from orchestra_nb.logconfig import apply_log_config
+
+                apply_log_config(spec.log_config, logs.ContextFilter(spec.name, None))
             if spec.gateway.expose:
                 try:
                     self.expose(spec.gateway.expose)
                 except BaseException:
                     self.close()
                     raise
+            if not registry.in_notebook() and os.environ.get("ORCHESTRA_QUIET", "") != "1":
+                import rich.console
+
+                from orchestra_nb.summary import print_summary
+
+                print_summary(self, rich.console.Console(stderr=True))
             if any(ex.reload for ex in spec.executors):
                 from orchestra_nb.runtime.reloader import Reloader
 

@@ -32,7 +32,7 @@ def validate_topology(spec: FlowSpec) -> None:
         if state.get(name) == 2:
             return
         if state.get(name) == 1:
-            cycle = path[path.index(name):] + [name]
+            cycle = [*path[path.index(name):], name]
             raise TopologyError(f"the Flow has a cycle: {' -> '.join(cycle)}")
         state[name] = 1
         path.append(name)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import builtins
-import inspect
 import os
 import re
 import sys
@@ -103,7 +102,7 @@ class _Collector:
         for deco_ref in _decorator_names(obj):
             if deco_ref in self.globals:
                 self.add_name(deco_ref, self.globals[deco_ref])
-        self.definitions.append(textwrap.dedent(inspect.getsource(obj)).rstrip() + "\n")
+        self.definitions.append(_source_of(obj).rstrip() + "\n")
 
     def add_name(self, name: str, value: Any) -> None:
         if name in self.seen or (hasattr(builtins, name) and getattr(builtins, name) is value):
@@ -142,11 +141,19 @@ class _Collector:
         return getattr(feature, "compiler_flag", None) is not None
 
 
+def _source_of(obj: Any) -> str:
+    """The source of a class or function, also for one defined in a notebook cell (the YAML saver's
+    lookup: inspect, then ipykernel's linecache entries, then IPython's history)."""
+    from orchestra_nb.spec.yaml import _object_source
+
+    return _object_source(obj)
+
+
 def _decorator_names(obj: Any) -> list[str]:
     """Names used in decorators (`@requests(on=...)`), which are not in any code object's co_names."""
     try:
-        source = inspect.getsource(obj)
-    except (OSError, TypeError):
+        source = _source_of(obj)
+    except Exception:
         return []
     out = []
     for line in source.splitlines():

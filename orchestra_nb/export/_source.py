@@ -187,7 +187,7 @@ def class_module_source(cls: type) -> str:
         source = header + collector.render()
         compile(source, f"<{cls.__qualname__}>", "exec")
         return source
-    except (OSError, TypeError, SyntaxError):
+    except (OSError, TypeError, SyntaxError, ValueError):  # ConfigError is a ValueError
         return header + _pickled(cls)
 
 

@@ -349,7 +349,9 @@ def _builtin_svg(topo: Topology) -> str:
     col_w = [max(sizes[i][0] for i in layer) for layer in layers]
     col_h = [sum(sizes[i][1] for i in layer) + _ROW_GAP * (len(layer) - 1) for layer in layers]
     height = max(col_h) + 2 * _PAD
-    width = sum(col_w) + _COL_GAP * (len(layers) - 1) + 2 * _PAD
+    # a `when` label sits in the gap before its target: widen the gaps to fit the longest one
+    gap = max([_COL_GAP] + [len(e.label) * 6.0 + 16 for e in topo.edges if e.label])
+    width = sum(col_w) + gap * (len(layers) - 1) + 2 * _PAD
     box: dict[str, tuple[float, float, float, float]] = {}
     x = _PAD
     for layer, cw, ch in zip(layers, col_w, col_h, strict=True):
@@ -358,7 +360,7 @@ def _builtin_svg(topo: Topology) -> str:
             w, h = sizes[i]
             box[i] = (x + (cw - w) / 2, y, w, h)
             y += h + _ROW_GAP
-        x += cw + _COL_GAP
+        x += cw + gap
     esc = html.escape
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0f}" height="{height:.0f}" '
            f'viewBox="0 0 {width:.0f} {height:.0f}" font-family="Helvetica, Arial, sans-serif" '
@@ -377,7 +379,7 @@ def _builtin_svg(topo: Topology) -> str:
                    f'<path d="M{x1:.1f},{y1:.1f} C{x1 + bend:.1f},{y1:.1f} {x2 - bend:.1f},{y2:.1f} '
                    f'{x2:.1f},{y2:.1f}" fill="none" stroke="#5b6b7b"{dash} marker-end="url(#arrow)"/>')
         if e.label:
-            lx, ly = x1 + 0.6 * (x2 - x1), y1 + 0.6 * (y2 - y1) - 5
+            lx, ly = x2 - gap / 2, y2 - 6
             out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="middle" '
                        f'font-size="10" fill="#333" stroke="#fff" stroke-width="3" paint-order="stroke">'
                        f"{esc(e.label)}</text>")

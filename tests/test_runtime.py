@@ -283,3 +283,25 @@ def test_light_import() -> None:
         assert same == "True", out.stdout
         best = min(best or 1e9, float(elapsed))
     assert best is not None and best < 0.150, f"import orchestra_nb took {best:.3f} s"
+
+
+def test_start_without_waiting_then_post_waits_for_ready() -> None:
+    dep = Deployment(uses=Tagger, replicas=2)
+    assert dep.start(wait=False) is dep
+    assert dep.state.value in ("starting", "ready")
+    assert dep.post("/x", Doc(text="early")).texts == ["early"]  # waits for readiness
+    assert dep.state.value == "ready"
+    dep.close()
+    broken = Deployment(uses=BrokenInit).start(wait=False)
+    with pytest.raises(ExecutorStartupError, match="weights missing"):
+        broken.wait_ready(30)
+    assert broken.state.value == "failed"
+    closing = Deployment(uses=Tagger).start(wait=False)
+    closing.close()
+    assert closing.state.value == "closed"
+
+
+def test_other_start_methods_are_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ORCHESTRA_MP_START_METHOD", "fork")
+    with pytest.raises(ConfigError, match="fresh interpreter.*CUDA"):
+        Deployment(uses=Tagger).start()

@@ -44,6 +44,8 @@ class Orchestration:
         self._listeners: list[Any] = []
         self._reloader: Any = None
         self._poster: Any = None
+        self._ready_event: threading.Event | None = None
+        self._start_error: BaseException | None = None
 
     # ---- spec ----------------------------------------------------------------------------------
     @property
@@ -54,72 +56,113 @@ class Orchestration:
         raise NotImplementedError
 
     # ---- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> Orchestration:
-        """Start every process and wait until all are ready; raises ExecutorStartupError on failure."""
+    def start(self, wait: bool = True) -> Orchestration:
+        """Start every process and wait until all are ready; raises ExecutorStartupError on failure.
+
+        With `wait=False` it returns at once and the replicas come up in the background (the notebook
+        panel shows their progress); `post()` then waits for readiness, and `wait_ready()` waits
+        explicitly, raising the start-up error if there was one.
+        """
         from orchestra_nb.orchestration import registry
-        from orchestra_nb.runtime.loop import LoopThread
-        from orchestra_nb.runtime.supervisor import Supervisor
+        from orchestra_nb.runtime.supervisor import Supervisor, check_start_method
         from orchestra_nb.spec.topology import validate_topology
 
         with self._lock:
             if self.state is State.READY:
                 return self
+            if self.state is State.STARTING:
+                if wait:
+                    self.wait_ready()
+                return self
             if self.state not in (State.CREATED, State.CLOSED, State.FAILED):
                 raise LifecycleError(f"cannot start a {self._kind} that is {self.state.value}")
             spec = self.flow_spec()
             validate_topology(spec)
+            check_start_method()
             if spec.gateway.expose:  # a missing authtoken or HTTP door fails here, before any process
                 from orchestra_nb.notebook.tunnel import check_expose
 
                 check_expose(self, spec.gateway.expose)
             registry.register(self)
             self.state = State.STARTING
+            self._start_error = None
+            self._ready_event = threading.Event()
             self._supervisor = Supervisor(spec, base_dir=self.base_dir, echo=not registry.in_notebook(),
                                           on_line=self._on_line)
-            try:
-                self._supervisor.start()
-                self._loop = LoopThread(f"orchestra-nb-{spec.name}")
-                from orchestra_nb.client import AsyncClient, GrpcPoster
+        if wait:
+            self._bring_up(spec)
+        else:
+            def background() -> None:
+                with contextlib.suppress(BaseException):  # kept in _start_error for wait_ready()
+                    self._bring_up(spec)
 
-                gw = spec.gateway
-                protocol = "grpc" if "grpc" in gw.protocol else "http"
-                host = "127.0.0.1" if gw.host in ("0.0.0.0", "") else gw.host
-                self._client = AsyncClient(host, self._supervisor.ports[protocol], protocol, token=gw.token,
-                                           tls=bool(gw.ssl_certfile), ca_file=gw.ssl_certfile,
-                                           max_message_size=gw.max_message_size)
-                if protocol == "grpc":
-                    self._poster = GrpcPoster(host, self._supervisor.ports["grpc"], token=gw.token,
-                                              tls=bool(gw.ssl_certfile), ca_file=gw.ssl_certfile,
-                                              max_message_size=gw.max_message_size)
-            except BaseException:
-                self.state = State.FAILED
-                self._teardown()
-                registry.unregister(self)
-                raise
-            self.state = State.READY
-            if spec.log_config:
-                from orchestra_nb import logs
-                from orchestra_nb.logconfig import apply_log_config
-
-                apply_log_config(spec.log_config, logs.ContextFilter(spec.name, None))
-            if spec.gateway.expose:
-                try:
-                    self.expose(spec.gateway.expose)
-                except BaseException:
-                    self.close()
-                    raise
-            if not registry.in_notebook() and os.environ.get("ORCHESTRA_QUIET", "") != "1":
-                import rich.console
-
-                from orchestra_nb.summary import print_summary
-
-                print_summary(self, rich.console.Console(stderr=True))
-            if any(ex.reload for ex in spec.executors):
-                from orchestra_nb.runtime.reloader import Reloader
-
-                self._reloader = Reloader(self, self.base_dir)
-                self._reloader.start()
+            threading.Thread(target=background, name=f"orchestra-nb-start-{spec.name}", daemon=True).start()
         return self
+
+    def wait_ready(self, timeout: float | None = None) -> Orchestration:
+        """Wait until a `start(wait=False)` has finished; raise its error if it failed."""
+        event = self._ready_event
+        if event is not None and not event.wait(timeout):
+            raise TimeoutError(f"{self._kind} {self.name!r} was not ready within {timeout} s")
+        if self._start_error is not None:
+            raise self._start_error
+        return self
+
+    def _bring_up(self, spec: FlowSpec) -> None:
+        from orchestra_nb.orchestration import registry
+        from orchestra_nb.runtime.loop import LoopThread
+
+        try:
+            self._supervisor.start()
+            self._loop = LoopThread(f"orchestra-nb-{spec.name}")
+            from orchestra_nb.client import AsyncClient, GrpcPoster
+
+            gw = spec.gateway
+            protocol = "grpc" if "grpc" in gw.protocol else "http"
+            host = "127.0.0.1" if gw.host in ("0.0.0.0", "") else gw.host
+            self._client = AsyncClient(host, self._supervisor.ports[protocol], protocol, token=gw.token,
+                                       tls=bool(gw.ssl_certfile), ca_file=gw.ssl_certfile,
+                                       max_message_size=gw.max_message_size)
+            if protocol == "grpc":
+                self._poster = GrpcPoster(host, self._supervisor.ports["grpc"], token=gw.token,
+                                          tls=bool(gw.ssl_certfile), ca_file=gw.ssl_certfile,
+                                          max_message_size=gw.max_message_size)
+            with self._lock:
+                if self.state is not State.STARTING:  # closed while starting
+                    raise LifecycleError(f"{self._kind} {self.name!r} was closed while it started")
+                self.state = State.READY
+        except BaseException as exc:
+            self._start_error = exc
+            with self._lock:
+                closed = self.state in (State.CLOSING, State.CLOSED)
+                self.state = State.CLOSED if closed else State.FAILED
+            self._teardown()
+            registry.unregister(self)
+            self._ready_event.set()
+            raise
+        self._ready_event.set()
+        if spec.log_config:
+            from orchestra_nb import logs
+            from orchestra_nb.logconfig import apply_log_config
+
+            apply_log_config(spec.log_config, logs.ContextFilter(spec.name, None))
+        if spec.gateway.expose:
+            try:
+                self.expose(spec.gateway.expose)
+            except BaseException:
+                self.close()
+                raise
+        if not registry.in_notebook() and os.environ.get("ORCHESTRA_QUIET", "") != "1":
+            import rich.console
+
+            from orchestra_nb.summary import print_summary
+
+            print_summary(self, rich.console.Console(stderr=True))
+        if any(ex.reload for ex in spec.executors):
+            from orchestra_nb.runtime.reloader import Reloader
+
+            self._reloader = Reloader(self, self.base_dir)
+            self._reloader.start()
 
     def _on_line(self, key: str, line: str) -> None:
         for listener in list(self._listeners):
@@ -156,7 +199,13 @@ class Orchestration:
         with self._lock:
             if self.state in (State.CLOSED, State.CREATED, State.FAILED):
                 return
+            starting = self.state is State.STARTING
             self.state = State.CLOSING
+        if starting and self._supervisor is not None:
+            self._supervisor.close(grace=1.0)  # the background start then fails and tears down
+            if self._ready_event is not None:
+                self._ready_event.wait(30)
+        with self._lock:
             try:
                 self._teardown()
             finally:
@@ -196,6 +245,8 @@ class Orchestration:
 
     # ---- requests ------------------------------------------------------------------------------
     def _ready_client(self) -> tuple[Any, Any]:
+        if self.state is State.STARTING and self._ready_event is not None:
+            self.wait_ready()
         if self.state is not State.READY or self._client is None:
             hint = "use `with f:` or call f.start() first" if self.state in (State.CREATED, State.CLOSED) else \
                 "wait until it is ready"

@@ -18,13 +18,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from orchestra_nb.errors import ExecutorStartupError
+from orchestra_nb.errors import ExecutorStartupError, LifecycleError
 from orchestra_nb.logs import get_logger
 from orchestra_nb.runtime.ports import free_port
 from orchestra_nb.runtime.process import ChildProcess
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
 
-__all__ = ["MAX_RESTARTS", "ReplicaKey", "Supervisor"]
+__all__ = ["MAX_RESTARTS", "ReplicaKey", "Supervisor", "check_start_method", "gateway_view"]
 
 log = get_logger("supervisor")
 MAX_RESTARTS = 5
@@ -39,6 +39,18 @@ class ReplicaKey:
     def __str__(self) -> str:
         shard = f"/shard{self.shard}" if self.shard else ""
         return f"{self.executor}{shard}/{self.replica}"
+
+
+def check_start_method() -> None:
+    """Children are always fresh interpreters (spawn semantics); say so when another method is asked."""
+    method = os.environ.get("ORCHESTRA_MP_START_METHOD", "spawn").strip().lower()
+    if method not in ("", "spawn"):
+        from orchestra_nb.errors import ConfigError
+
+        raise ConfigError(
+            f"ORCHESTRA_MP_START_METHOD={method!r} is not supported: every replica starts as a fresh "
+            "interpreter (spawn semantics), which keeps CUDA out of forked children and lets classes "
+            "defined in a notebook cell or __main__ travel by value. Unset the variable or set it to 'spawn'.")
 
 
 def gateway_view(spec: FlowSpec) -> FlowSpec:
@@ -152,6 +164,8 @@ class Supervisor:
         children = [*self.workers.values(), self.gateway]
         try:
             for child in children:
+                if self._closing:
+                    raise LifecycleError("closed while starting")
                 child.start()
             timeout = max([ex.timeout_ready for ex in self.spec.executors] + [self.spec.gateway.timeout_ready])
             deadline = time.monotonic() + timeout
@@ -164,6 +178,8 @@ class Supervisor:
     def _wait_all(self, children: list[ChildProcess], deadline: float) -> None:
         pending = list(children)
         while pending:
+            if self._closing:
+                raise LifecycleError("closed while starting")
             for child in list(pending):
                 if child.ready.is_set():
                     pending.remove(child)
@@ -321,10 +337,9 @@ class Supervisor:
 
     # ---- stop ----------------------------------------------------------------------------------
     def close(self, grace: float = 5.0) -> None:
-        with self._lock:
-            if self._closing:
-                return
-            self._closing = True
+        """Stop every child. Safe to call again (and from another thread while start() runs): each
+        call stops whatever is still running."""
+        self._closing = True
         self.running = False
         groups: list[list[ChildProcess]] = []
         if self.gateway is not None:

@@ -59,5 +59,12 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext orchestra_nb`: the `%%orchestra` and `%orchestra` magics."""
+    from orchestra_nb.notebook import load_ipython_extension as load
+
+    load(ipython)
+
+
 def __dir__() -> list[str]:
     return sorted(__all__)

@@ -46,6 +46,7 @@ EXPECTED: dict[str, list[str]] = {
     "metrics.py": ['orchestra_gateway_requests_total{endpoint="/index",executor="encoder"} 1.0'],
     "multiprocessing_main.py": ["True"],
     "readiness.py": ["True\nTrue\n200\n200\nSERVING\nFalse"],
+    "readiness_background.py": ["True ['ready']"],
     "scale.py": ["3\n1\n['still served']"],
     "start_stop.py": ["['hello']", "{'grpc': "],
     "tunnel.py": ["https://hub.example.org/user/ada/proxy/", "Authorization: Bearer ", "401\n200\n",

@@ -62,10 +62,15 @@ def schema_table(schema: dict[str, Any], definition: str, member: str | None = N
     except KeyError:
         raise ValueError(f"the schema has no {definition}{'.' + member if member else ''}; "
                          f"known definitions: {sorted(schema['$defs'])}") from None
-    rows = ["| key | type | default | description |", "|---|---|---|---|"]
-    for key, prop in sorted(obj["properties"].items()):
-        description = str(prop.get("description", "")).replace("|", "\\|").replace("\n", " ")
-        rows.append(f"| `{key}` | `{_type(prop)}` | {_default(prop)} | {description} |")
+    props = sorted(obj["properties"].items())
+    described = any(prop.get("description") for _, prop in props)
+    rows = ["| key | type | default |" + (" description |" if described else ""),
+            "|---|---|---|" + ("---|" if described else "")]
+    for key, prop in props:
+        row = f"| `{key}` | `{_type(prop)}` | {_default(prop)} |"
+        if described:
+            row += " " + str(prop.get("description", "")).replace("|", "\\|").replace("\n", " ") + " |"
+        rows.append(row)
     return "\n".join(rows)
 
 

@@ -1,6 +1,6 @@
 from orchestra_nb import Deployment, Executor, Flow, load_config, requests
 
-f = Flow.load_config("flow.yml")  # the Flow of the YAML below
+f = Flow.load_config("flow.yml")  # flow.yml and executors.py are shown above
 dep = Deployment.load_config("deployment.yml")
 anything = load_config("flow.yml")  # a Flow or a Deployment, as the file's `jtype` says
 

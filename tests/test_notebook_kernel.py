@@ -123,7 +123,7 @@ class Kernel:
 
         reply = self.kc.execute_interactive(textwrap.dedent(code), timeout=timeout, output_hook=hook)
         if not allow_error and reply["content"]["status"] != "ok":
-            raise AssertionError(f"cell failed:\n{code}\n{''.join(out)}\n{''.join(errors)}")
+            raise AssertionError(f"cell {reply['content']['status']}:\n{code}\n{''.join(out)}\n{''.join(errors)}")
         return "".join(out + errors), displays
 
     def value(self, expr: str) -> Any:
@@ -181,7 +181,9 @@ def test_interrupt_leaves_the_flow_serving(kernel: Kernel) -> None:
     name = f"nbk-{RUN}-int"
     kernel.run(start_cell(name))
     before = ours(name)
-    msg_id = kernel.kc.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)")
+    # stop_on_error=False: otherwise the kernel aborts the next request that arrives right after it
+    msg_id = kernel.kc.execute("import time\nprint('sleeping', flush=True)\ntime.sleep(60)",
+                               stop_on_error=False)
     deadline = time.monotonic() + 30
     while True:  # wait until the long cell's own code runs (a signal before that hits the kernel loop)
         msg = kernel.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))

@@ -51,6 +51,7 @@ EXPECTED: dict[str, list[str]] = {
     "start_stop.py": ["['hello']", "{'grpc': "],
     "tunnel.py": ["https://hub.example.org/user/ada/proxy/", "Authorization: Bearer ", "401\n200\n",
                   "['no token needed again']"],
+    "notebook_panel.py": ["3\n", " INFO    encoder/", ": serving encoder on "],
     "notebook_magics.ipy": ["['FROM A CELL']", "wrote my-flow.yml", "stopped Flow 'f'"],
 }
 # files each snippet leaves behind, as the page says it does

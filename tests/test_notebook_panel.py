@@ -140,6 +140,27 @@ def test_panel_tracks_a_running_flow_and_stops_with_it() -> None:
         panel.stop()
 
 
+def test_panel_shows_readiness_live_after_start_without_waiting() -> None:
+    flow = Flow(name=f"panel-nowait-{os.getpid()}").add(uses=Upper, name="up", replicas=2)
+    flow.start(wait=False)
+    panel = Panel(flow, interval=0.2, min_gap=0.05)
+    try:
+        assert 'data-state="starting"' in panel.header.value  # rendered before any replica is up
+        seen: set[str] = set()
+
+        def ready() -> bool:
+            html = panel.status_html.value
+            seen.update(k for k in ("up/0", "up/1") if f'data-key="{k}"' in html)
+            return 'data-state="ready"' in panel.header.value and html.count('data-state="ready"') == 3
+
+        poll_for(ready, timeout=30, what="the panel to turn ready on its own")
+        assert seen == {"up/0", "up/1"}
+        assert flow.post("/up", [Doc(text="late")]).texts == ["LATE"]
+    finally:
+        flow.close()
+        panel.stop()
+
+
 def test_make_panel_is_cached_per_orchestration() -> None:
     flow = Flow(name="cached").add(name="a")
     widget = make_panel(flow)

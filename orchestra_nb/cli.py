@@ -130,8 +130,6 @@ def _with_gateway(spec: Any, port: tuple[int, ...], protocol: tuple[str, ...], h
 def _serve(kind: str, uses: str, context: tuple[str, ...], port: tuple[int, ...], protocol: tuple[str, ...],
            host: str | None) -> None:
     from orchestra_nb.spec.yaml import load_config
-    from orchestra_nb.summary import print_summary
-
     with _errors():
         obj = load_config(uses, context=_context(context))
     if type(obj).__name__ != kind:
@@ -150,9 +148,7 @@ def _serve(kind: str, uses: str, context: tuple[str, ...], port: tuple[int, ...]
         with _errors():
             obj.start()
         try:
-            if not stop.is_set():
-                print_summary(obj)
-                sys.stdout.flush()
+            if not stop.is_set():  # start() printed the start-up summary
                 log.info("%s %r serving on %s; stop with Ctrl-C or SIGTERM", kind, obj.name,
                          ", ".join(f"{p} port {n}" for p, n in obj.ports.items()))
         finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import sys
 import threading
 from typing import Any
 
@@ -153,11 +154,10 @@ class Orchestration:
                 self.close()
                 raise
         if not registry.in_notebook() and os.environ.get("ORCHESTRA_QUIET", "") != "1":
-            import rich.console
-
             from orchestra_nb.summary import print_summary
 
-            print_summary(self, rich.console.Console(stderr=True))
+            print_summary(self)  # on stdout: stderr carries the log records (JSON lines with a JSON config)
+            sys.stdout.flush()
         if any(ex.reload for ex in spec.executors):
             from orchestra_nb.runtime.reloader import Reloader
 

@@ -32,7 +32,7 @@ class StreamError(ConnectionError):
     """The connection to a replica broke or could not be made."""
 
 
-async def serve_stream(path: str, handle: Callable[[Frame], Awaitable[Frame]], max_size: int) -> asyncio.AbstractServer:
+async def serve_stream(path: str, handle: Callable[[Frame], Awaitable[Frame]], max_size: int) -> _StreamServer:
     """Serve frames on a Unix socket: each request is handled in its own task."""
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -56,14 +56,41 @@ async def serve_stream(path: str, handle: Callable[[Frame], Awaitable[Frame]], m
                 task.add_done_callback(tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        finally:
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
+        except asyncio.CancelledError:
+            # the replica is shutting down; ending quietly keeps asyncio from logging the cancellation
+            for task in tasks:
+                task.cancel()
             writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            return
+        finally:
+            writers.discard(writer)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
 
-    return await asyncio.start_unix_server(connection, path=path)
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def track(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        await connection(reader, writer)
+
+    server = await asyncio.start_unix_server(track, path=path)
+    return _StreamServer(server, writers)
+
+
+class _StreamServer:
+    """The listening socket and its open connections; `close()` ends both."""
+
+    def __init__(self, server: asyncio.AbstractServer, writers: set[asyncio.StreamWriter]) -> None:
+        self._server = server
+        self._writers = writers
+
+    def close(self) -> None:
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()
 
 
 class StreamChannel:

@@ -1,13 +1,13 @@
 """Benchmarks: `python -m bench [--quick] [--out bench/results.json]`; JSON lines, then a table.
 
 Cases (all on this machine, client, gateway and executors sharing its cores):
-* floor: bare grpcio echo between two processes on loopback (one round trip), and ×3 for a 2-executor Flow
+* floor: bare grpcio echo between two processes on loopback (one round trip), and x3 for a 2-executor Flow
 * import time of `orchestra_nb` in a fresh interpreter
 * Deployment start-to-ready and single-doc latency
 * Flow of 3 chained executors start-to-ready
 * single small doc through a 2-executor Flow, gRPC and HTTP: p50 / p99
 * throughput: 10,000 small docs, request_size=100, 2-executor Flow
-* arrays: 100 docs × 256×256 float32 through 1 executor (MB one way / round-trip time)
+* arrays: 100 docs x 256x256 float32 through 1 executor (MB one way / round-trip time)
 * scale-out: CPU-bound executor, replicas 1 → 2 (speed-up)
 * idle footprint of a running 2-executor Flow: processes and total RSS
 * 200 concurrent clients on the gateway for 30 s (3 s with --quick): errors, p99, gateway memory
@@ -119,8 +119,6 @@ def _rss_kb(pid: int) -> int:
 
 
 def bench_footprint() -> dict[str, Any]:
-    from bench.executors import Noop
-    from orchestra_nb import Doc, Flow
 
     code = textwrap.dedent("""
         import os, sys, threading

@@ -303,5 +303,5 @@ def test_start_without_waiting_then_post_waits_for_ready() -> None:
 
 def test_other_start_methods_are_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ORCHESTRA_MP_START_METHOD", "fork")
-    with pytest.raises(ConfigError, match="fresh interpreter.*CUDA"):
+    with pytest.raises(ConfigError, match=r"fresh interpreter.*CUDA"):
         Deployment(uses=Tagger).start()

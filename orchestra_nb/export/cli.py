@@ -54,6 +54,21 @@ def export_group() -> None:
     """Export a Flow or Deployment YAML to Docker Compose or Kubernetes (offline, no Docker needed)."""
 
 
+@export_group.command("flowchart")
+@click.argument("flow_yml", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+def flowchart(flow_yml: str, out: str) -> None:
+    """Draw the Flow's topology to OUT: .svg, .png/.pdf (need Graphviz), .mmd/.md (Mermaid), .dot."""
+    from orchestra_nb.plot import plot
+
+    spec = _load_spec(flow_yml)
+    try:
+        plot(spec, out)
+    except (ValueError, RuntimeError, ImportError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"wrote {out}")
+
+
 @export_group.command("docker-compose")
 @click.argument("flow_yml", type=click.Path(exists=True, dir_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))

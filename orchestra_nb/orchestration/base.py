@@ -44,6 +44,7 @@ class Orchestration:
         self._lock = threading.RLock()
         self._listeners: list[Any] = []
         self._reloader: Any = None
+        self.progress: Any = None  # a StartupProgress from the latest start()
         self._poster: Any = None
         self._ready_event: threading.Event | None = None
         self._start_error: BaseException | None = None
@@ -88,10 +89,13 @@ class Orchestration:
             self.state = State.STARTING
             self._start_error = None
             self._ready_event = threading.Event()
+            from orchestra_nb.progress import StartupProgress
+
+            self.progress = StartupProgress.for_spec(spec)
             self._supervisor = Supervisor(spec, base_dir=self.base_dir, echo=not registry.in_notebook(),
-                                          on_line=self._on_line)
+                                          on_line=self._on_line, on_phase=self.progress.update)
         if wait:
-            self._bring_up(spec)
+            self._bring_up(spec, show_progress=True)
         else:
             def background() -> None:
                 with contextlib.suppress(BaseException):  # kept in _start_error for wait_ready()
@@ -109,10 +113,14 @@ class Orchestration:
             raise self._start_error
         return self
 
-    def _bring_up(self, spec: FlowSpec) -> None:
+    def _bring_up(self, spec: FlowSpec, show_progress: bool = False) -> None:
         from orchestra_nb.orchestration import registry
         from orchestra_nb.runtime.loop import LoopThread
 
+        ready_event = self._ready_event
+        assert ready_event is not None
+
+        end_progress = self._show_progress() if show_progress else None
         try:
             self._supervisor.start()
             self._loop = LoopThread(f"orchestra-nb-{spec.name}")
@@ -132,16 +140,21 @@ class Orchestration:
                 if self.state is not State.STARTING:  # closed while starting
                     raise LifecycleError(f"{self._kind} {self.name!r} was closed while it started")
                 self.state = State.READY
+            self.progress.finish(True)
         except BaseException as exc:
+            self.progress.finish(False, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self._start_error = exc
             with self._lock:
                 closed = self.state in (State.CLOSING, State.CLOSED)
                 self.state = State.CLOSED if closed else State.FAILED
             self._teardown()
             registry.unregister(self)
-            self._ready_event.set()
+            ready_event.set()
             raise
-        self._ready_event.set()
+        finally:
+            if end_progress is not None:
+                end_progress()
+        ready_event.set()
         if spec.log_config:
             from orchestra_nb import logs
             from orchestra_nb.logconfig import apply_log_config
@@ -163,6 +176,47 @@ class Orchestration:
 
             self._reloader = Reloader(self, self.base_dir)
             self._reloader.start()
+
+    def _show_progress(self) -> Any:
+        """Show start-up progress on stderr outside notebooks (ORCHESTRA_QUIET=1 or
+        ORCHESTRA_PROGRESS=0 turn it off); returns the function that ends it, or None."""
+        from orchestra_nb.orchestration import registry
+
+        if registry.in_notebook() or os.environ.get("ORCHESTRA_QUIET", "") == "1" or \
+                os.environ.get("ORCHESTRA_PROGRESS", "1") == "0":
+            return None
+        from orchestra_nb.progress import ConsoleProgress
+
+        display = ConsoleProgress(self.progress)
+        if not display.live:
+            # not a terminal: the replicas' own log lines tell the story, and stderr stays machine-
+            # readable (every line JSON with a JSON log config)
+            return None
+        sup = self._supervisor
+        relay = None
+        if display.live:  # child output goes above the live bars, not through them
+            sup.echo = False
+            relay = lambda key, line: display.log(line)  # noqa: E731
+            self._listeners.append(relay)
+        display.start()
+
+        def end() -> None:
+            display.stop()
+            if relay is not None:
+                self._listeners.remove(relay)
+                sup.echo = True
+        return end
+
+    def plot(self, path: str | None = None, states: dict[str, str] | None = None) -> Any:
+        """Draw the topology; in a notebook the result shows itself. With `path`, also write it
+        (.svg, .png/.pdf with Graphviz, .mmd/.md Mermaid, .dot). While running, nodes are coloured
+        by state."""
+        from orchestra_nb.plot import plot, states_from_processes
+
+        if states is None and self._supervisor is not None and self.state is State.READY:
+            states = states_from_processes([{"key": c.key, "state": c.state}
+                                            for c in self._supervisor.children()])
+        return plot(self, path, states)
 
     def _on_line(self, key: str, line: str) -> None:
         for listener in list(self._listeners):

@@ -117,6 +117,7 @@ def main() -> None:
 
     logs.setup_child(config.get("log_config"), name=config.get("log_name", ""),
                      replica=config.get("replica_id"))
+    status.send("phase", phase="importing")  # the runtime, then the executor's own modules
     try:
         if config["kind"] == "worker":
             from orchestra_nb.runtime.worker import run_worker as run

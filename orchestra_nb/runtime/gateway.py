@@ -157,6 +157,7 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
         else:
             grpc_server.add_insecure_port(f"{host}:{ports['grpc']}")
         await grpc_server.start()
+    status.send("phase", phase="serving", detail="waiting for executors")
     # the typed HTTP routes need every executor's schemas: wait until each answers Info
     waiting = asyncio.ensure_future(gateway.router.wait_info(deadline))
     stopping = asyncio.ensure_future(stop.wait())

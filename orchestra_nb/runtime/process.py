@@ -31,12 +31,15 @@ class ChildProcess:
 
     def __init__(self, key: str, config: dict[str, Any], env: dict[str, str], *,
                  on_line: Callable[[ChildProcess, str], None] | None = None,
-                 on_exit: Callable[[ChildProcess], None] | None = None, log_lines: int = 1000) -> None:
+                 on_exit: Callable[[ChildProcess], None] | None = None,
+                 on_event: Callable[[ChildProcess, dict[str, Any]], None] | None = None,
+                 log_lines: int = 1000) -> None:
         self.key = key
         self.config = config
         self.env = env
         self.on_line = on_line
         self.on_exit = on_exit
+        self.on_event = on_event
         self.proc: subprocess.Popen[bytes] | None = None
         self.logs: collections.deque[str] = collections.deque(maxlen=log_lines)
         self.ready = threading.Event()
@@ -63,6 +66,7 @@ class ChildProcess:
         self.stopping = False
         self.state = "starting"
         self.started_at = time.monotonic()
+        self._emit({"event": "phase", "phase": "spawning"})
         read_fd, write_fd = os.pipe()
         env = dict(os.environ)
         env.update(self.env)
@@ -102,14 +106,23 @@ class ChildProcess:
         if not self.ready.is_set() and self.failure is None:
             self.failure = {"message": f"the process exited with code {self.proc.returncode if self.proc else '?'} "
                                        "before it was ready", "traceback": ""}
+            self._emit({"event": "phase", "phase": "stopped"} if self.stopping else
+                       {"event": "failed", "message": self.failure["message"]})
         self.state = "stopped" if self.stopping else ("failed" if self.failure else "exited")
         self.done.set()
         self.ready.set()  # wake anyone waiting for readiness
         if self.on_exit is not None:
             self.on_exit(self)
 
+    def _emit(self, event: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            with contextlib.suppress(Exception):  # a display must never break the runtime
+                self.on_event(self, {**event, "at": time.monotonic()})
+
     def _event(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
+        if kind in ("phase", "ready", "failed"):
+            self._emit(event)
         if kind == "ready":
             self.info = event
             self.state = "ready"

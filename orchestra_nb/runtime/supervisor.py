@@ -63,11 +63,12 @@ class Supervisor:
     """Starts, watches and stops the processes of one orchestration."""
 
     def __init__(self, spec: FlowSpec, *, base_dir: str | None = None, echo: bool = True,
-                 on_line: Any = None) -> None:
+                 on_line: Any = None, on_phase: Any = None) -> None:
         self.spec = spec
         self.base_dir = base_dir
         self.echo = echo
         self.on_line = on_line
+        self.on_phase = on_phase
         self.workers: dict[ReplicaKey, ChildProcess] = {}
         self.gateway: ChildProcess | None = None
         self.ports: dict[str, int] = {}
@@ -144,7 +145,7 @@ class Supervisor:
                     device_env = dict(self.devices.get(key, {}))
                     config, env = self._worker_config(ex, shard, replica, address, device_env)
                     self.workers[key] = ChildProcess(str(key), config, env, on_line=self._line,
-                                                     on_exit=self._exited)
+                                                     on_exit=self._exited, on_event=self._event)
 
     def _make_gateway(self) -> None:
         gw = self.spec.gateway
@@ -153,7 +154,7 @@ class Supervisor:
                   "log_name": "gateway", "log_config": self.spec.log_config,
                   "metrics_port": free_port(gw.host) if gw.metrics else None}
         self.gateway = ChildProcess("gateway", config, {**self.spec.env, **gw.env}, on_line=self._line,
-                                    on_exit=self._exited)
+                                    on_exit=self._exited, on_event=self._event)
 
     def start(self) -> None:
         """Start everything and wait until ready; on failure stop it all and raise."""
@@ -216,6 +217,16 @@ class Supervisor:
         if self.on_line is not None:
             self.on_line(child.key, line)
 
+    def _event(self, child: ChildProcess, event: dict[str, Any]) -> None:
+        """Start-up phases to `on_phase(key, phase, at, detail)`: spawning, importing, loading,
+        serving, ready or failed, stamped with the parent's monotonic clock."""
+        if self.on_phase is None:
+            return
+        kind = event.get("event")
+        phase = event.get("phase") if kind == "phase" else kind
+        detail = event.get("detail") if kind == "phase" else event.get("message")
+        self.on_phase(child.key, str(phase), float(event["at"]), detail)
+
     def _exited(self, child: ChildProcess) -> None:
         if not self.running or self._closing or child.stopping:
             return
@@ -266,7 +277,7 @@ class Supervisor:
         device_env = dict(envs.get((shard, replica), {"_device": "cpu"}))
         config, env = self._worker_config(ex, shard, replica, address, device_env)
         child = ChildProcess(str(ReplicaKey(name, shard, replica)), config, env, on_line=self._line,
-                             on_exit=self._exited)
+                             on_exit=self._exited, on_event=self._event)
         child.start()
         if not child.wait_ready(ex.timeout_ready):
             error = self._startup_error(child)

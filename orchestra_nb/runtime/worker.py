@@ -226,6 +226,7 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
         name=spec.name or cls.__name__, replica_id=config.get("replica_id", 0), replicas=spec.replicas,
         shard_id=config.get("shard_id", 0), shards=spec.shards,
         device=config.get("device", "cpu"), workspace=spec.workspace, metas=dict(spec.uses_metas))
+    status.send("phase", phase="loading")
     executor = construct(cls, runtime_args, {**extra_with, **spec.uses_with})
     servicer = WorkerServicer(spec, executor, stop)
     server = grpc.aio.server(options=server_options(spec.max_message_size))
@@ -248,6 +249,7 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
     address = f"{config.get('host', '127.0.0.1')}:{config['port']}"
     port = server.add_insecure_port(address)
     await server.start()
+    status.send("phase", phase="serving")
     stream_server = None
     if config.get("stream_path"):
         from orchestra_nb.runtime.stream import serve_stream

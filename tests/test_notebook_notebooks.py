@@ -66,6 +66,7 @@ def test_quickstart_stored_panel_shows_every_executor_ready() -> None:
     keys = re.findall(r'data-key="([^"]+)"', table)
     assert sorted(keys) == ["exclaim/0", "upper/0", "upper/1"]
     assert table.count('data-state="ready"') == len(keys) + 1  # every replica and the gateway
-    display = next(o for c in nb.cells if c.source == "f" for o in c.outputs)
-    assert {"text/html", "text/plain", "application/vnd.jupyter.widget-view+json"} <= set(display["data"])
+    shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+             if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert len(shown) == 1 and {"text/html", "text/plain"} <= set(shown[0]["data"])
     poll_for(lambda: not _titles("quickstart"), timeout=10, what="the quickstart Flow to stop with its kernel")

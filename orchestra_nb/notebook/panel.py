@@ -217,10 +217,10 @@ class Panel:
                 orch = self._orch()
                 if orch is None:
                     break
-                state = getattr(orch.state, "value", str(orch.state))
+                previous, state = state, getattr(orch.state, "value", str(orch.state))
                 try:
                     now = time.monotonic()
-                    if state != "ready" or now - last_status >= self.interval:
+                    if state != "ready" or state != previous or now - last_status >= self.interval:
                         self.apply(snapshot(orch))
                         last_status = now
                         self.error_html.value = ""

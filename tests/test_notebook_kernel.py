@@ -230,7 +230,7 @@ def test_display_bundle_and_panel_in_the_kernel(kernel: Kernel) -> None:
 def test_magic_starts_binds_and_stops(kernel: Kernel, tmp_path: Path) -> None:
     name = f"nbk-{RUN}-magic"
     kernel.run("%load_ext orchestra_nb.notebook")
-    cell = f"""%%orchestra g --no-panel
+    cell = f"""%%orchestra g --no-panel --gpus 0
 jtype: Flow
 with: {{name: {name}, protocol: [grpc, http]}}
 executors:
@@ -239,6 +239,7 @@ executors:
 """
     kernel.run(cell)
     assert kernel.value("g.post('/up', [Doc(text='m')]).texts") == ["M"]
+    assert kernel.value("(g.spec.executors[0].uses is Upper, g.spec.executors[0].gpus)") == (True, 0)
     first = ours(name)
     kernel.run(cell)  # a re-run replaces the running one
     assert len(ours(name)) == len(first) and not set(first) & set(ours(name))

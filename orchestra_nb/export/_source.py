@@ -144,9 +144,9 @@ class _Collector:
 def _source_of(obj: Any) -> str:
     """The source of a class or function, also for one defined in a notebook cell (the YAML saver's
     lookup: inspect, then ipykernel's linecache entries, then IPython's history)."""
-    from orchestra_nb.spec.yaml import _object_source
+    from orchestra_nb.spec.save import object_source
 
-    return _object_source(obj)
+    return object_source(obj)
 
 
 def _decorator_names(obj: Any) -> list[str]:

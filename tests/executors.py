@@ -124,3 +124,19 @@ class Closer(Executor):
     def close(self) -> None:
         with open(self.path, "w") as f:
             f.write(f"closed {self.runtime_args.name}/{self.runtime_args.replica_id}")
+
+
+class Concurrency(Executor):
+    """Reports the most requests it has seen in flight at once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.now = 0
+        self.most = 0
+
+    @requests
+    async def hold(self, docs: DocList[Doc], parameters: dict[str, Any]) -> dict[str, Any]:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(float(parameters.get("seconds", 0.05)))
+        self.now -= 1
+        return {"most": self.most}

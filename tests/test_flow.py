@@ -198,3 +198,16 @@ def test_sigkill_of_one_replica_loses_no_request() -> None:
         poll_for(lambda: all(c.state == "ready" and c.pid != victim for c in f._supervisor.workers.values()),
                  timeout=20, what="replica restart")
         assert any(c.restarts == 1 for c in f._supervisor.workers.values())
+
+
+@pytest.mark.parametrize(("prefetch", "bounded"), [(1, True), (0, False)])
+def test_prefetch_bounds_requests_in_flight(prefetch: int, bounded: bool) -> None:
+    from orchestra_nb import Client
+    from tests.executors import Concurrency
+
+    f = Flow(prefetch=prefetch).add(uses=Concurrency, name="c")
+    with f, Client(port=f.port) as client:
+        out = client.post("/x", [Doc() for _ in range(8)], request_size=1, prefetch=8,
+                          parameters={"seconds": 0.1})
+        most = max(r["most"] for r in out.results["c"])
+        assert (most == 1) if bounded else (most > 1)

@@ -73,6 +73,7 @@ class Gateway:
         self.requests = 0
         self.token: str | None = spec.gateway.token
         self.metrics_port: int | None = None
+        self._admission = asyncio.Semaphore(spec.gateway.prefetch) if spec.gateway.prefetch else None
 
     async def control(self, message: dict[str, Any]) -> None:
         """Messages from the parent: `set_token` turns auth on (or off with None); `set_addresses`
@@ -87,7 +88,10 @@ class Gateway:
 
     async def call(self, request: Frame, context: Any) -> Frame:
         self.requests += 1
-        return await self.router.route(request)
+        if self._admission is None:
+            return await self.router.route(request)
+        async with self._admission:  # back-pressure: at most `prefetch` requests in the graph at once
+            return await self.router.route(request)
 
     async def info(self, request: InfoRequest, context: Any) -> InfoResponse:
         return InfoResponse(info=json.dumps(await self.status()).encode())

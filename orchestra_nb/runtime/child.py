@@ -101,9 +101,9 @@ def read_config() -> dict[str, Any]:
 
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for entry in reversed(os.environ.pop("ORCHESTRA_SYS_PATH", "").split(os.pathsep)):
-        if entry and entry not in sys.path:
-            sys.path.insert(0, entry)
+    # the parent's sys.path, in the parent's order, so classes sent by reference import the same way
+    entries = [e for e in os.environ.pop("ORCHESTRA_SYS_PATH", "").split(os.pathsep) if e]
+    sys.path[:] = entries + [p for p in sys.path if p not in entries]
     config = read_config()
     fd = os.environ.pop("ORCHESTRA_STATUS_FD", None)
     status = Status(int(fd) if fd else None)

@@ -71,7 +71,7 @@ class ChildProcess:
         env = dict(os.environ)
         env.update(self.env)
         env["ORCHESTRA_STATUS_FD"] = str(write_fd)
-        env["ORCHESTRA_SYS_PATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["ORCHESTRA_SYS_PATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         env["PYTHONUNBUFFERED"] = "1"
         data = cloudpickle.dumps(self.config)
         try:

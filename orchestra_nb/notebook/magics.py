@@ -191,12 +191,12 @@ class OrchestraMagics:
     def line(self, line: str) -> Any:
         words = shlex.split(line)
         usage = ("usage: %orchestra ls | status NAME | logs NAME [N] | stop NAME | "
-                 "scale NAME EXECUTOR N | export NAME FORMAT PATH")
+                 "scale NAME EXECUTOR N | reload NAME EXECUTOR [CLASS] | export NAME FORMAT PATH")
         if not words:
             raise _usage_error(usage)
         cmd, rest = words[0], words[1:]
         arity = {"ls": (0, 0), "status": (1, 1), "logs": (1, 2), "stop": (1, 1), "scale": (3, 3),
-                 "export": (3, 3)}
+                 "reload": (2, 3), "export": (3, 3)}
         if cmd not in arity:
             raise _usage_error(f"%orchestra: unknown command {cmd!r}\n{usage}")
         low, high = arity[cmd]
@@ -220,9 +220,29 @@ class OrchestraMagics:
             if not callable(getattr(obj, "scale", None)):
                 raise _usage_error(f"%orchestra scale: {type(obj).__name__} cannot scale while running yet")
             obj.scale(rest[1], int(rest[2]))
+        elif cmd == "reload":
+            self.reload(obj, rest[1], rest[2] if len(rest) > 2 else None)
         elif cmd == "export":
             print(f"wrote {export(obj, rest[1], rest[2])}")
         return None
+
+    def reload(self, obj: Any, executor: str, class_name: str | None) -> None:
+        """Roll `executor` onto the class now bound to `class_name` (default: its current class's
+        name, i.e. the class as its cell was just re-run)."""
+        from orchestra_nb.executor import Executor
+
+        try:
+            current = obj.flow_spec().executor(executor).uses
+        except KeyError:
+            names = [e.name for e in obj.flow_spec().executors]
+            raise _usage_error(f"%orchestra reload: no executor {executor!r}; the executors are {names}") from None
+        name = class_name or (current.__name__ if isinstance(current, type) else None)
+        new = self.shell.user_ns.get(name) if name else None
+        if not (isinstance(new, type) and issubclass(new, Executor)):
+            raise _usage_error(f"%orchestra reload: no Executor class {name!r} in the notebook; define it in a "
+                               "cell (or name it: %orchestra reload NAME EXECUTOR CLASS)")
+        obj.reload(executor, new)
+        print(f"reloaded {executor!r} onto {new.__name__}: every replica rolled")
 
     def ls(self) -> None:
         from orchestra_nb.orchestration.base import Orchestration

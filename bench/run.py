@@ -246,7 +246,7 @@ def bench_scale() -> dict[str, Any]:
         with Deployment(uses=Burn, replicas=replicas) as dep:
             dep.post("/x", docs[:2], parameters={"n": 1000}, request_size=1)
             t = time.perf_counter()
-            dep.post("/x", docs, parameters={"n": 300_000}, request_size=1, prefetch=8)
+            dep.post("/x", docs, parameters={"n": 1_500_000}, request_size=1, prefetch=8)
             out[f"replicas_{replicas}_s"] = round(time.perf_counter() - t, 3)
     out["speedup"] = round(out["replicas_1_s"] / out["replicas_2_s"], 2)
     return out

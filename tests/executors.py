@@ -140,3 +140,22 @@ class Concurrency(Executor):
         await asyncio.sleep(float(parameters.get("seconds", 0.05)))
         self.now -= 1
         return {"most": self.most}
+
+
+class SqliteStore(Executor):
+    """Uses a sqlite connection made in __init__: it only works from the thread that made it."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        import sqlite3
+
+        self.db = sqlite3.connect(":memory:")
+        self.db.execute("create table t (text)")
+
+    @requests
+    def store(self, docs: DocList[Doc]) -> dict[str, Any]:
+        self.db.executemany("insert into t values (?)", [(d.text,) for d in docs])
+        (count,) = self.db.execute("select count(*) from t").fetchone()
+        return {"count": count}
+
+    def close(self) -> None:
+        self.db.close()

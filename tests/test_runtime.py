@@ -305,3 +305,11 @@ def test_other_start_methods_are_refused_clearly(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("ORCHESTRA_MP_START_METHOD", "fork")
     with pytest.raises(ConfigError, match=r"fresh interpreter.*CUDA"):
         Deployment(uses=Tagger).start()
+
+
+def test_init_handlers_and_close_share_one_thread() -> None:
+    from tests.executors import SqliteStore
+
+    with Deployment(uses=SqliteStore) as dep:
+        assert dep.post("/x", [Doc(text="a"), Doc(text="b")]).results == {"sqlitestore": {"count": 2}}
+        assert dep.post("/x", Doc(text="c")).results == {"sqlitestore": {"count": 3}}

@@ -1,9 +1,12 @@
 """Inside a replica process: build the executor and serve it over gRPC.
 
-Sync handlers run in a one-thread pool so the event loop keeps answering health checks while a model
-computes; async handlers run on the loop. Every request is answered: an exception becomes an error
-status carrying type, message and traceback; documents that do not fit the handler's schema, an unknown
-endpoint or a payload that is not ours become a bad-request status. Nothing received is unpickled.
+`__init__`, sync handlers and `close()` run in one dedicated executor thread, so the event loop keeps
+answering health checks while a model computes and objects bound to their creating thread keep working;
+async handlers run on the loop (they skip the thread hop, about 60 us per call on this machine).
+
+Every request is answered: an exception becomes an error status carrying type, message and traceback;
+documents that do not fit the handler's schema, an unknown endpoint or a payload that is not ours
+become a bad-request status. Nothing received is unpickled.
 """
 
 from __future__ import annotations
@@ -69,12 +72,13 @@ class Stats:
 class WorkerServicer:
     """Serves one executor instance."""
 
-    def __init__(self, spec: ExecutorSpec, executor: Executor, stop: asyncio.Event) -> None:
+    def __init__(self, spec: ExecutorSpec, executor: Executor, stop: asyncio.Event,
+                 pool: concurrent.futures.ThreadPoolExecutor | None = None) -> None:
         self.spec = spec
         self.name = spec.name or "executor"
         self.executor = executor
         self.handlers: dict[str, Handler] = executor.handlers(spec.uses_requests)
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orchestra-nb-handler")
+        self.pool = pool or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orchestra-nb-executor")
         self.stop = stop
         self.stats = Stats()
         self.metrics: Any = None
@@ -227,8 +231,13 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
         shard_id=config.get("shard_id", 0), shards=spec.shards,
         device=config.get("device", "cpu"), workspace=spec.workspace, metas=dict(spec.uses_metas))
     status.send("phase", phase="loading")
-    executor = construct(cls, runtime_args, {**extra_with, **spec.uses_with})
-    servicer = WorkerServicer(spec, executor, stop)
+    # __init__, sync handlers and close() all run in one executor thread, so objects that must stay on
+    # the thread that made them (sqlite connections, some GPU contexts) work; the loop stays free
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orchestra-nb-executor")
+    loop = asyncio.get_running_loop()
+    executor = await loop.run_in_executor(
+        pool, lambda: construct(cls, runtime_args, {**extra_with, **spec.uses_with}))
+    servicer = WorkerServicer(spec, executor, stop, pool)
     server = grpc.aio.server(options=server_options(spec.max_message_size))
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orchestra.Orchestra", {
         "Call": grpc.unary_unary_rpc_method_handler(
@@ -265,7 +274,7 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
         stream_server.close()
     await server.stop(grace=2.0)
     try:
-        executor.close()
+        await loop.run_in_executor(pool, executor.close)
     finally:
         servicer.pool.shutdown(wait=False)
     status.send("stopped")

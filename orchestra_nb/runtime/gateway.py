@@ -3,7 +3,7 @@
 Both front doors run on one event loop. The gRPC front door speaks the same `Call` as an executor, so a
 `Client` talks to a Deployment and a Flow alike. With a token set (always when exposed), every gRPC call
 must carry `authorization: Bearer <token>` metadata; it is compared in constant time before anything of
-the request is looked at.
+the request is looked at (the payload is parsed as a protobuf message by then, never decoded or run).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -29,37 +29,9 @@ from orchestra_nb.spec.models import FlowSpec
 from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
 from orchestra_nb.wire.frame import Frame, deserialize, serialize
 
-__all__ = ["Gateway", "TokenInterceptor", "run_gateway"]
+__all__ = ["Gateway", "run_gateway"]
 
 log = get_logger("gateway")
-
-
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Refuses calls without the right bearer token once one is set (health checks stay open)."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._gateway = gateway
-
-        async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "a valid token is required: send metadata ('authorization', 'Bearer <token>')")
-
-        self._deny = grpc.unary_unary_rpc_method_handler(deny)
-
-    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
-                                details: grpc.HandlerCallDetails) -> Any:
-        token = self._gateway.token
-        if not token or details.method.startswith("/grpc.health.v1.Health/"):
-            return await continuation(details)
-        given = b""
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                given = value if isinstance(value, bytes) else value.encode()
-        if given[:7].lower() == b"bearer ":
-            given = given[7:]
-        if hmac.compare_digest(given, token.encode()):
-            return await continuation(details)
-        return self._deny
 
 
 class Gateway:
@@ -86,7 +58,26 @@ class Gateway:
         elif cmd == "set_addresses":
             await self.router.set_addresses(message["executor"], message["addresses"])
 
+    async def authorize(self, context: Any) -> None:
+        """With a token set, refuse a call without it (in constant time) before looking at anything else.
+
+        Checked in the handler rather than by a server interceptor: grpc.aio interceptors cost every
+        call, token or not. Health checks are a separate service and stay open."""
+        token = self.token
+        if not token or context is None:
+            return
+        given = b""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                given = value if isinstance(value, bytes) else value.encode()
+        if given[:7].lower() == b"bearer ":
+            given = given[7:]
+        if not hmac.compare_digest(given, token.encode()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "a valid token is required: send metadata ('authorization', 'Bearer <token>')")
+
     async def call(self, request: Frame, context: Any) -> Frame:
+        await self.authorize(context)
         self.requests += 1
         if self._admission is None:
             return await self.router.route(request)
@@ -94,6 +85,7 @@ class Gateway:
             return await self.router.route(request)
 
     async def info(self, request: InfoRequest, context: Any) -> InfoResponse:
+        await self.authorize(context)
         return InfoResponse(info=json.dumps(await self.status()).encode())
 
     async def ready(self) -> dict[str, bool]:
@@ -140,10 +132,9 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
         gateway.router.metrics = GatewayMetrics()
         serve_metrics(gateway.router.metrics.registry, host, config["metrics_port"])
         gateway.metrics_port = config["metrics_port"]
-    interceptors = [TokenInterceptor(gateway)]
     grpc_server = None
     if "grpc" in gw.protocol:
-        grpc_server = grpc.aio.server(options=server_options(gw.max_message_size), interceptors=interceptors)
+        grpc_server = grpc.aio.server(options=server_options(gw.max_message_size))
         grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orchestra.Orchestra", {
             "Call": grpc.unary_unary_rpc_method_handler(
                 gateway.call, request_deserializer=deserialize,

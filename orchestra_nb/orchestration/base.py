@@ -12,13 +12,15 @@ import enum
 import os
 import sys
 import threading
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestra_nb.docs import DocList
 from orchestra_nb.errors import LifecycleError
 from orchestra_nb.spec.models import FlowSpec
 
 __all__ = ["Orchestration", "State"]
+
+OrchestrationT = TypeVar("OrchestrationT", bound="Orchestration")
 
 
 class State(str, enum.Enum):
@@ -370,6 +372,38 @@ class Orchestration:
             if key is None or child.key == key or child.key.split("/")[0] == key:
                 out.extend(list(child.logs)[-n:])
         return out
+
+    # ---- config and export ---------------------------------------------------------------------
+    @classmethod
+    def load_config(cls: type[OrchestrationT], source: str, context: dict[str, Any] | None = None) -> OrchestrationT:
+        """Load from a YAML file or YAML text (`jtype` must name this class)."""
+        from orchestra_nb.errors import ConfigError
+        from orchestra_nb.spec.yaml import load_config
+
+        obj = load_config(source, context=context)
+        if not isinstance(obj, cls):
+            raise ConfigError(f"{source!r} describes a {type(obj).__name__}, not a {cls.__name__} (see its jtype)")
+        return obj
+
+    def save_config(self, path: str) -> None:
+        """Write the spec as YAML; classes from a notebook or `__main__` go to a module beside it."""
+        from orchestra_nb.spec.yaml import save_config
+
+        save_config(self, path)  # type: ignore[arg-type]
+
+    def to_docker_compose_yaml(self, output_path: str | None = None, **kwargs: Any) -> str:
+        """Write a Docker Compose file (and build contexts) that runs this spec; returns its text."""
+        from orchestra_nb.export import to_docker_compose_yaml
+
+        kwargs.setdefault("base_dir", self.base_dir)
+        return str(to_docker_compose_yaml(self.flow_spec(), output_path, **kwargs))
+
+    def to_kubernetes_yaml(self, output_base_path: str, k8s_namespace: str | None = None, **kwargs: Any) -> str:
+        """Write a folder of Kubernetes manifests that `kubectl apply -f` accepts as it stands."""
+        from orchestra_nb.export import to_kubernetes_yaml
+
+        kwargs.setdefault("base_dir", self.base_dir)
+        return str(to_kubernetes_yaml(self.flow_spec(), output_base_path, k8s_namespace=k8s_namespace, **kwargs))
 
     # ---- notebook and tunnel hooks (implemented in orchestra_nb.notebook) ----------------------------
     def _repr_html_(self) -> str:

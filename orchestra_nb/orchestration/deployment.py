@@ -64,29 +64,3 @@ class Deployment(Orchestration):
 
     def flow_spec(self) -> FlowSpec:
         return self._spec.to_flow_spec()
-
-    @classmethod
-    def load_config(cls, source: str, context: dict[str, Any] | None = None) -> Deployment:
-        from orchestra_nb.spec.yaml import load_config
-
-        obj = load_config(source, context=context)
-        if not isinstance(obj, Deployment):
-            raise ConfigError(f"{source!r} describes a {type(obj).__name__}, not a Deployment (see its jtype)")
-        return obj
-
-    def save_config(self, path: str) -> None:
-        from orchestra_nb.spec.yaml import save_config
-
-        save_config(self, path)
-
-    def to_docker_compose_yaml(self, output_path: str | None = None, **kwargs: Any) -> str:
-        from orchestra_nb.export import to_docker_compose_yaml
-
-        kwargs.setdefault("base_dir", self.base_dir)
-        return to_docker_compose_yaml(self.flow_spec(), output_path, **kwargs)
-
-    def to_kubernetes_yaml(self, output_base_path: str, k8s_namespace: str | None = None, **kwargs: Any) -> str:
-        from orchestra_nb.export import to_kubernetes_yaml
-
-        kwargs.setdefault("base_dir", self.base_dir)
-        return to_kubernetes_yaml(self.flow_spec(), output_base_path, k8s_namespace=k8s_namespace, **kwargs)

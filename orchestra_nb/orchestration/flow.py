@@ -112,29 +112,3 @@ class Flow(Orchestration):
                      if e.name not in needed and not e.floating and e.name is not None]
         return self.needs(open_ends or ["gateway"], name=name, **kwargs)
 
-    # ---- config, export --------------------------------------------------------------------------
-    @classmethod
-    def load_config(cls, source: str, context: dict[str, Any] | None = None) -> Flow:
-        from orchestra_nb.spec.yaml import load_config
-
-        obj = load_config(source, context=context)
-        if not isinstance(obj, Flow):
-            raise ConfigError(f"{source!r} describes a {type(obj).__name__}, not a Flow (see its jtype)")
-        return obj
-
-    def save_config(self, path: str) -> None:
-        from orchestra_nb.spec.yaml import save_config
-
-        save_config(self, path)
-
-    def to_docker_compose_yaml(self, output_path: str | None = None, **kwargs: Any) -> str:
-        from orchestra_nb.export import to_docker_compose_yaml
-
-        kwargs.setdefault("base_dir", self.base_dir)
-        return to_docker_compose_yaml(self._spec, output_path, **kwargs)
-
-    def to_kubernetes_yaml(self, output_base_path: str, k8s_namespace: str | None = None, **kwargs: Any) -> str:
-        from orchestra_nb.export import to_kubernetes_yaml
-
-        kwargs.setdefault("base_dir", self.base_dir)
-        return to_kubernetes_yaml(self._spec, output_base_path, k8s_namespace=k8s_namespace, **kwargs)

@@ -124,7 +124,9 @@ def _collect(answers: list[tuple[list[Any], dict[str, Any]]]) -> DocList[Any]:
 def _grpc_channel(target: str, tls: bool, ca_file: str | None, max_message: int, aio: bool) -> Any:
     import grpc
 
-    options = [("grpc.max_send_message_length", max_message), ("grpc.max_receive_message_length", max_message)]
+    from orchestra_nb.wire import grpc_options
+
+    options = grpc_options(max_message)
     module: Any = grpc.aio if aio else grpc
     if not tls:
         return module.insecure_channel(target, options=options)

@@ -30,7 +30,7 @@ from orchestra_nb.runtime.stream import StreamChannel, StreamError
 from orchestra_nb.runtime.when import compile_when
 from orchestra_nb.runtime.worker import STATUS_BAD_REQUEST, STATUS_OK, STATUS_UNAVAILABLE
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
-from orchestra_nb.wire import codec
+from orchestra_nb.wire import codec, grpc_options
 from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
 from orchestra_nb.wire.frame import Frame, deserialize, serialize
 
@@ -77,8 +77,7 @@ class Node:
 
 def channel_options(max_message: int) -> list[tuple[str, Any]]:
     return [
-        ("grpc.max_send_message_length", max_message),
-        ("grpc.max_receive_message_length", max_message),
+        *grpc_options(max_message),
         ("grpc.enable_retries", 0),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),

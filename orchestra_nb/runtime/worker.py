@@ -29,7 +29,7 @@ from orchestra_nb.runtime.child import Status, install_stop_handler
 from orchestra_nb.runtime.devices import gpu_memory
 from orchestra_nb.runtime.resolve import resolve_executor_class
 from orchestra_nb.spec.models import ExecutorSpec
-from orchestra_nb.wire import codec
+from orchestra_nb.wire import codec, grpc_options
 from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
 from orchestra_nb.wire.frame import Frame, deserialize, serialize
 
@@ -40,11 +40,7 @@ log = get_logger("worker")
 
 
 def server_options(max_message: int) -> list[tuple[str, Any]]:
-    return [
-        ("grpc.max_send_message_length", max_message),
-        ("grpc.max_receive_message_length", max_message),
-        ("grpc.so_reuseport", 0),
-    ]
+    return [*grpc_options(max_message), ("grpc.so_reuseport", 0)]
 
 
 class Stats:

@@ -28,6 +28,16 @@ __all__ = ["StreamChannel", "StreamError", "serve_stream"]
 _HEAD = struct.Struct("<II")
 
 
+def _send(writer: asyncio.StreamWriter, request_id: int, data: bytes) -> None:
+    """One frame; a small one in a single write (one send() call), a large one without copying it."""
+    head = _HEAD.pack(len(data), request_id)
+    if len(data) < 65536:
+        writer.write(head + data)
+    else:
+        writer.write(head)
+        writer.write(data)
+
+
 class StreamError(ConnectionError):
     """The connection to a replica broke or could not be made."""
 
@@ -40,8 +50,7 @@ async def serve_stream(path: str, handle: Callable[[Frame], Awaitable[Frame]], m
 
         async def answer(request_id: int, data: bytes) -> None:
             reply = serialize(await handle(deserialize(data)))
-            writer.write(_HEAD.pack(len(reply), request_id))
-            writer.write(reply)
+            _send(writer, request_id, reply)
             await writer.drain()
 
         try:
@@ -146,8 +155,7 @@ class StreamChannel:
         self._pending[request_id] = future
         data = serialize(request)
         try:
-            writer.write(_HEAD.pack(len(data), request_id))
-            writer.write(data)
+            _send(writer, request_id, data)
             if writer.transport.get_write_buffer_size() > 1 << 20:
                 await writer.drain()
         except (ConnectionError, OSError) as exc:

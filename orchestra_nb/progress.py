@@ -186,16 +186,20 @@ class StartupProgress:
 
 
 # ---- HTML (for the panel and _repr_html_) ---------------------------------------------------------
-def progress_html(snapshot: dict[str, Any]) -> str:
-    """A table of progress bars, one per executor, from `StartupProgress.snapshot()`."""
+def progress_html(snapshot: dict[str, Any], *, bars: bool = True) -> str:
+    """A table of progress bars, one per executor, from `StartupProgress.snapshot()`.
+
+    With `bars=False` only the closing line is drawn (the panel's view once everything is ready).
+    """
     esc = html.escape
     rows = []
-    for name, ex in snapshot["executors"].items():
+    for name, ex in snapshot["executors"].items() if bars else ():
         colour = "#d9534f" if ex["failed"] else ("#5cb85c" if ex["ready"] == ex["replicas"] else "#f0ad4e")
         pct = int(ex["fraction"] * 100)
         phase = ex["phase"] + (f" ({ex['detail']})" if ex.get("detail") else "")
         rows.append(
-            f"<tr><td style='text-align:left;padding-right:8px'><b>{esc(name)}</b></td>"
+            f"<tr data-executor='{esc(name)}' data-phase='{esc(ex['phase'])}'>"
+            f"<td style='text-align:left;padding-right:8px'><b>{esc(name)}</b></td>"
             f"<td><div style='width:160px;height:10px;background:#e9ecef;border-radius:3px'>"
             f"<div data-fraction='{ex['fraction']}' style='width:{pct}%;height:10px;background:{colour};"
             f"border-radius:3px'></div></div></td>"
@@ -206,7 +210,8 @@ def progress_html(snapshot: dict[str, Any]) -> str:
         footer = f"<div>{esc(snapshot['name'])} {esc(word)} after {snapshot['elapsed_s']:.1f} s</div>"
     else:
         footer = f"<div>{esc(snapshot['name'])} starting… {snapshot['elapsed_s']:.1f} s</div>"
-    return f"<div class='orchestra-progress'><table>{''.join(rows)}</table>{footer}</div>"
+    table = f"<table>{''.join(rows)}</table>" if rows else ""
+    return f"<div class='orchestra-progress'>{table}{footer}</div>"
 
 
 # ---- rich console ---------------------------------------------------------------------------------

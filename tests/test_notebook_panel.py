@@ -7,6 +7,7 @@ Scripted snapshots and log lines go through the same seams the refresh thread us
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,10 @@ pytest.importorskip("ipywidgets")
 from orchestra_nb import Doc, Executor, Flow, requests
 from orchestra_nb.notebook.display import endpoints, repr_html
 from orchestra_nb.notebook.panel import Panel, make_panel
+from orchestra_nb.progress import PHASES, StartupProgress
+from tests.executors import Slow
 from tests.helpers import poll_for
+from tests.test_progress import Sleepy
 
 
 class Upper(Executor):
@@ -169,7 +173,7 @@ def test_make_panel_is_cached_per_orchestration() -> None:
         assert [c.__class__.__name__ for c in widget.children] == ["HBox", "Tab", "HTML"]
         titles = [widget.children[1].get_title(i) for i in range(len(widget.children[1].children))]
         scale = ["Scale"] if callable(getattr(flow, "scale", None)) else []
-        assert titles == ["Status", "Logs", "Endpoints", *scale]
+        assert titles == ["Status", "Metrics", "Logs", "Endpoints", *scale]
     finally:
         widget.close()
 
@@ -196,3 +200,151 @@ def test_html_fallback_without_ipywidgets(monkeypatch: pytest.MonkeyPatch) -> No
     assert endpoints(flow) == {}
     with pytest.raises(ImportError, match=r"pip install 'orchestra-nb\[notebook\]'"):
         flow.panel()
+
+
+def _fills(picture: str) -> dict[str, str]:
+    """Node title -> fill colour, read from either renderer's SVG (both name nodes like Graphviz)."""
+    return dict(re.findall(r'class="node"[^>]*>\s*<title>([^<]+)</title>.*?fill="(#[0-9a-f]{6})"', picture, re.S))
+
+
+def test_status_picture_is_coloured_by_state_and_redrawn_only_on_change(scripted: Panel) -> None:
+    from orchestra_nb.plot import STATE_COLOURS
+
+    procs = [{"key": "up/0", "pid": 1, "state": "ready"}, {"key": "up/1", "pid": 2, "state": "starting"},
+             {"key": "b/0", "pid": 3, "state": "failed"}, {"key": "gateway", "pid": 4, "state": "ready"}]
+    scripted.apply(_snap("starting", processes=procs))
+    fills = _fills(scripted.topology_html.value)
+    assert set(fills) == {"gateway", "gateway:out", "up", "b"}
+    assert fills["up"] == STATE_COLOURS["starting"]  # the worst replica speaks for the executor
+    assert fills["b"] == STATE_COLOURS["failed"] and fills["gateway"] == STATE_COLOURS["ready"]
+    assert "<?xml" not in scripted.topology_html.value  # inline in HTML, no XML prolog
+    drawn = scripted.topology_renders
+
+    for _ in range(3):  # the same states again: no redraw (Graphviz is a subprocess)
+        scripted.apply(_snap("starting", processes=procs))
+    assert scripted.topology_renders == drawn
+
+    ready = [{**p, "state": "ready"} for p in procs]
+    scripted.apply(_snap("ready", processes=ready, executors={
+        "up": [_replica("up", 0, "ready", 1, 0, 0, None, None),
+               _replica("up", 1, "unreachable", 2, 0, 0, None, None)],
+        "b": [_replica("b", 0, "ready", 3, 0, 0, None, None)]}))
+    assert scripted.topology_renders == drawn + 1
+    fills = _fills(scripted.topology_html.value)
+    assert fills["b"] == STATE_COLOURS["ready"]
+    assert fills["up"] == STATE_COLOURS["unreachable"]  # what the gateway sees counts too
+
+
+def test_progress_bars_follow_the_phases_and_fold_when_ready(scripted: Panel) -> None:
+    flow = scripted._orch()
+    model = StartupProgress.for_spec(flow.flow_spec())
+    flow.progress = model  # what start() sets; the panel picks up each new one
+    scripted.refresh()
+
+    def phase(name: str) -> str:
+        found = re.findall(rf"data-executor='{name}' data-phase='([\w-]+)'", scripted.progress_html.value)
+        assert len(found) == 1, scripted.progress_html.value
+        return found[0]
+
+    assert phase("up") == "waiting" and "scripted starting" in scripted.progress_html.value
+    model.update("up/0", "spawning")
+    model.update("up/1", "spawning")
+    model.update("up/0", "loading", detail="model.bin")
+    assert phase("up") == "spawning"  # pushed at once; the slowest replica is what the user waits for
+    model.update("up/1", "loading")
+    assert phase("up") == "loading" and "loading (model.bin)" in scripted.progress_html.value
+    for key in ("up/0", "up/1", "b/0", "gateway"):
+        model.update(key, "ready")
+    model.finish(True)
+    page = scripted.progress_html.value
+    assert "data-executor" not in page and re.search(r"scripted ready after \d+\.\d s", page)
+
+    failing = StartupProgress.for_spec(flow.flow_spec())
+    flow.progress = failing  # a second start(): the panel follows the new model, not the old one
+    scripted.refresh()
+    assert phase("up") == "waiting"
+    model.update("up/0", "failed")  # the old model no longer reaches the panel
+    assert phase("up") == "waiting"
+    failing.update("b/0", "failed", detail="RuntimeError: boom")
+    failing.finish(False, "executor 'b' replica 0 failed: RuntimeError: boom")
+    page = scripted.progress_html.value
+    assert phase("b") == "failed" and "failed: executor &#x27;b&#x27; replica 0 failed: RuntimeError: boom" in page
+    scripted.close()
+    assert not failing._listeners  # closing the panel unsubscribes it
+
+
+def test_metrics_tab_plots_scripted_counters() -> None:
+    now = [100.0]
+    flow = Flow(name="metrics").add(uses=Upper, name="up", replicas=2)
+    panel = Panel(flow, start=False, clock=lambda: now[0])
+    try:
+        assert "appear here" in panel.metrics_html.value and panel.plot_data() == {}
+        panel.apply(_snap("starting"))  # no counters while starting: nothing sampled
+        assert panel.plot_data() == {}
+        for t, (a, b, total) in enumerate([(0, 0, 0), (30, 10, 40), (30, 10, 40)]):
+            now[0] = 100.0 + 2 * t
+            snap = _snap("ready", executors={"up": [_replica("up", 0, "ready", 1, a, 0, 4.0, 8.0),
+                                                   _replica("up", 1, "ready", 2, b, 0, 8.0, 20.0)]})
+            snap["requests"] = total
+            panel.apply(snap)
+        data = panel.plot_data()
+        assert data["up"]["requests"] == [0, 40, 40]
+        assert data["up"]["rps"] == [None, 20.0, 0.0]
+        assert data["up"]["p50_ms"] == [None, 5.0, None]  # weighted by new requests; a gap when idle
+        assert data["up"]["p99_ms"] == [None, 20.0, None]
+        assert data["gateway"]["rps"] == [None, 20.0, 0.0]
+        page = panel.metrics_html.value
+        assert page.count("<svg") == 4 and "<b>up</b>" in page and "20.0 /s" not in page  # last rate: 0
+        assert "0.0 /s" in page and "5.0 ms" in page and "20.0 ms" in page
+    finally:
+        panel.close()
+
+
+def test_scale_tab_reports_what_went_wrong(scripted: Panel) -> None:
+    scripted.scale_inputs["up"].value = 3
+    scripted.scale("up")  # the Flow is not running
+    assert "color:#c62828" in scripted.scale_message.value and "created" in scripted.scale_message.value
+
+
+def test_panel_shows_progress_picture_and_plots_of_a_real_flow() -> None:
+    """start(wait=False) on a Flow whose executor sleeps in __init__: the panel's widget state goes
+    through the start-up phases in order, the picture turns green, and a burst of requests shows in the
+    Metrics tab with the latencies the slow executor really took."""
+    from orchestra_nb.plot import STATE_COLOURS
+
+    flow = Flow(name=f"panel-show-{os.getpid()}").add(
+        uses=Sleepy, name="sleepy", uses_with={"seconds": 1.5}).add(uses=Slow, name="slow", needs="gateway")
+    panel = Panel(flow, interval=0.2, min_gap=0.05)
+    seen: list[str] = []
+
+    def record(change: dict[str, Any]) -> None:
+        seen.extend(re.findall(r"data-executor='sleepy' data-phase='(\w+)'", change["new"]))
+
+    panel.progress_html.observe(record, names="value")
+    try:
+        flow.start(wait=False)
+        flow.wait_ready(timeout=60)
+        poll_for(lambda: "ready after" in panel.progress_html.value, timeout=10, what="the progress to fold")
+        phases = [p for i, p in enumerate(seen) if i == 0 or seen[i - 1] != p]
+        assert phases == list(PHASES), seen  # every phase, in order, pushed as it happened
+        poll_for(lambda: set(_fills(panel.topology_html.value).values()) == {STATE_COLOURS["ready"]},
+                 timeout=10, what="every node of the picture to be coloured ready")
+
+        for i in range(12):
+            flow.post("/slow", [Doc(text=str(i))], parameters={"seconds": 0.03})
+
+        def burst_shown() -> bool:
+            data = panel.plot_data().get("slow")
+            return bool(data) and data["requests"][-1] == 12
+
+        poll_for(burst_shown, timeout=10, what="12 requests of slow in the plot data")
+        data = panel.plot_data()
+        assert data["gateway"]["requests"][-1] == 12
+        p50 = [v for v in data["slow"]["p50_ms"] if v is not None]
+        p99 = [v for v in data["slow"]["p99_ms"] if v is not None]
+        assert p50 and min(p50) >= 30.0 and max(p99) >= min(p50)
+        assert max(r for r in data["slow"]["rps"] if r is not None) > 0
+        assert "<b>slow</b>" in panel.metrics_html.value and "<b>sleepy</b>" in panel.metrics_html.value
+    finally:
+        flow.close()
+        panel.stop()

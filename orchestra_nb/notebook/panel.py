@@ -1,4 +1,4 @@
-"""The live panel: a tabbed widget (Status, Logs, Endpoints, Scale) and a Stop button.
+"""The live panel: a tabbed widget (Status, Metrics, Logs, Endpoints, Scale) and a Stop button.
 
 Built lazily, like Dask's cluster widget, and only from core ipywidgets (HTML, Dropdown, IntText,
 Button, Tab, HBox, VBox) whose API is the same on ipywidgets 7.7 (Colab) and 8; titles are set with
@@ -14,6 +14,21 @@ at that moment. Any exception in it lands in the panel's error line, never on st
 the orchestration only by weak reference and stops after a final render once the orchestration is
 closed or failed, or when the panel is closed.
 
+The Status tab also shows, above the table, what a user would rather look at than read:
+
+- the start-up progress (orchestra_nb.progress): one bar per executor with its slowest replica's phase.
+  It is *pushed*: the panel subscribes to the orchestration's `StartupProgress` (a new one per start())
+  and re-renders on every phase change, on the supervisor's reader thread, which only assigns a widget
+  value. Once everything is ready the bars fold into one line ("ready after 2.1 s"); a failure keeps
+  them, with the reason.
+- the topology picture (orchestra_nb.plot, the same drawing as `f.plot()`), each node coloured by the
+  worst state of its replicas. Drawing it can mean running Graphviz's `dot`, so it is redrawn only when
+  the states or the replica counts change, not on every refresh.
+
+The Metrics tab draws requests/s and p50/p99 per executor as SVG sparklines (notebook/sparkline.py, no
+plotting stack) from a `LatencyHistory` sampled on every status refresh; `plot_data()` gives its
+numbers.
+
 `Panel.apply(snapshot)` and `Panel.add_line(key, line)` are the seams: the thread feeds them from the
 runtime, and tests feed them scripted snapshots and lines to check what is rendered.
 """
@@ -26,9 +41,11 @@ import re
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from orchestra_nb.notebook.display import endpoints, render_status_html, snapshot
+from orchestra_nb.notebook.sparkline import LatencyHistory, latency_html
 
 __all__ = ["LEVELS", "Panel", "get_panel", "make_panel"]
 
@@ -55,7 +72,8 @@ class Panel:
     """A live view of one orchestration; `widget` is what a notebook displays."""
 
     def __init__(self, orch: Any, *, interval: float = 2.0, min_gap: float = 0.3,
-                 log_lines: int = 500, start: bool = True) -> None:
+                 log_lines: int = 500, start: bool = True, window_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         w = _import_widgets()
         self._orch = weakref.ref(orch)
         self.interval = interval
@@ -69,11 +87,20 @@ class Panel:
         self._logs_dirty = True
         self._thread: threading.Thread | None = None
         self._executors = [ex.name or "executor" for ex in orch.flow_spec().executors]
+        self.history = LatencyHistory(window_s, clock=clock)
+        self.topology_renders = 0  # how often the picture was drawn (it is redrawn only on change)
+        self._topology_key: Any = None
+        self._progress_model: Any = None
+        self._progress_unsubscribe: Callable[[], None] | None = None
+        self._progress_lock = threading.Lock()
 
         self.header = w.HTML()
         self.stop_button = w.Button(description="Stop", button_style="danger", tooltip="close this orchestration")
         self.stop_button.on_click(self._on_stop)
         self.status_html = w.HTML()
+        self.progress_html = w.HTML()
+        self.topology_html = w.HTML()
+        self.metrics_html = w.HTML(value=_NO_METRICS)
         self.error_html = w.HTML()
         self.log_source = w.Dropdown(options=["all", *self._executors, "gateway"], value="all",
                                      description="process")
@@ -83,7 +110,8 @@ class Panel:
         self.log_level.observe(self._on_filter, names="value")
         self.endpoints_html = w.HTML()
         tabs: list[tuple[str, Any]] = [
-            ("Status", w.VBox([self.status_html])),
+            ("Status", w.VBox([self.progress_html, self.topology_html, self.status_html])),
+            ("Metrics", w.VBox([self.metrics_html])),
             ("Logs", w.VBox([w.HBox([self.log_source, self.log_level]), self.log_html])),
             ("Endpoints", w.VBox([self.endpoints_html])),
         ]
@@ -106,6 +134,7 @@ class Panel:
 
         self._backfill(orch)
         orch._listeners.append(self.add_line)
+        self._watch_progress(orch)
         self.refresh()
         if start:
             self._thread = threading.Thread(target=self._run, name=f"orchestra-nb-panel-{orch.name}",
@@ -130,6 +159,57 @@ class Panel:
             rows.append(f"<tr><th>{html.escape(key)}</th><td><code>{shown}</code></td></tr>")
         self.endpoints_html.value = f"<table>{''.join(rows)}</table>" if rows else "<i>not serving</i>"
         self.stop_button.disabled = snap["state"] in _FINAL_STATES
+        if orch is not None:
+            self._render_topology(orch, snap)
+        if snap["executors"]:  # only a ready orchestration's status carries counters and latencies
+            self.history.add(snap)
+            self.metrics_html.value = latency_html(self.history)
+
+    def plot_data(self) -> dict[str, dict[str, list[Any]]]:
+        """The numbers behind the Metrics tab: per executor (and `gateway`) the sample times,
+        cumulative requests, requests/s, p50 and p99 in ms (see LatencyHistory.data)."""
+        return self.history.data()
+
+    def _render_topology(self, orch: Any, snap: dict[str, Any]) -> None:
+        from orchestra_nb.plot import states_from_processes
+
+        spec = orch.flow_spec()
+        # the supervisor's process states, and the gateway's view of each replica (e.g. unreachable)
+        replicas = [{"key": name, "state": rep.get("state")}
+                    for name, reps in snap["executors"].items() for rep in reps if rep.get("state")]
+        states = states_from_processes([*snap.get("processes", []), *replicas])
+        key = (tuple(sorted(states.items())),
+               tuple((ex.name, ex.replicas, ex.shards) for ex in spec.executors))
+        if key == self._topology_key:
+            return
+        self.topology_html.value = _picture(spec, states)
+        self._topology_key = key
+        self.topology_renders += 1
+
+    def _watch_progress(self, orch: Any) -> None:
+        """Follow the StartupProgress of the orchestration's latest start() (a new one each time)."""
+        model = getattr(orch, "progress", None)
+        if model is self._progress_model:
+            return
+        if self._progress_unsubscribe is not None:
+            self._progress_unsubscribe()
+            self._progress_unsubscribe = None
+        self._progress_model = model
+        if model is not None:
+            self._progress_unsubscribe = model.subscribe(self._on_progress)
+            self._on_progress(model)
+
+    def _on_progress(self, model: Any) -> None:
+        # runs on a supervisor reader thread: only assign widget values, never raise or print
+        from orchestra_nb.progress import progress_html
+
+        try:
+            with self._progress_lock:
+                snap = model.snapshot()
+                self.progress_html.value = progress_html(snap, bars=not (snap["finished"] and snap["ok"]))
+        except Exception as exc:
+            self.error_html.value = f'<span style="color:#c62828">panel: {html.escape(repr(exc))}</span>'
+        self._wake.set()  # the picture and the table follow the new phase
 
     def add_line(self, key: str, line: str) -> None:
         """Record one log line of process `key`; continuation lines keep the level of the line before."""
@@ -165,6 +245,7 @@ class Panel:
         orch = self._orch()
         if orch is None:
             return
+        self._watch_progress(orch)
         self.apply(snapshot(orch))
         self.render_logs()
         with self._lock:
@@ -219,6 +300,7 @@ class Panel:
                     break
                 previous, state = state, getattr(orch.state, "value", str(orch.state))
                 try:
+                    self._watch_progress(orch)
                     now = time.monotonic()
                     if state != "ready" or state != previous or now - last_status >= self.interval:
                         self.apply(snapshot(orch))
@@ -238,6 +320,9 @@ class Panel:
             self._detach()
 
     def _detach(self) -> None:
+        if self._progress_unsubscribe is not None:
+            self._progress_unsubscribe()
+            self._progress_unsubscribe = None
         orch = self._orch()
         if orch is not None:
             try:
@@ -265,6 +350,21 @@ class Panel:
         for child in sup.children():
             for line in list(child.logs)[-self._log_lines:]:
                 self.add_line(child.key, line)
+
+
+_NO_METRICS = "<i>requests/s and p50/p99 latency per executor appear here once the Flow serves</i>"
+
+
+def _picture(spec: Any, states: dict[str, str]) -> str:
+    """The topology as inline SVG; Graphviz when it works, else the built-in drawing."""
+    from orchestra_nb.plot import to_svg
+
+    try:
+        svg = to_svg(spec, states)
+    except Exception:  # a broken or killed `dot` must not blank the panel
+        svg = to_svg(spec, states, renderer="builtin")
+    start = svg.find("<svg")  # drop Graphviz's XML prolog and DOCTYPE: this goes inside HTML
+    return f'<div class="orchestra-topology" style="overflow:auto">{svg[start:] if start >= 0 else svg}</div>'
 
 
 def make_panel(orch: Any) -> Any:

@@ -205,6 +205,7 @@ def test_display_bundle_and_panel_in_the_kernel(kernel: Kernel) -> None:
     kernel.run(start_cell(name).replace(".add(uses=Upper, name='up')",
                                         ".add(uses=Upper, name='up', replicas=2).add(name='b')"))
     _, displays = kernel.run("f")
+    kernel.run("from orchestra_nb.notebook.panel import get_panel")
     assert len(displays) == 1
     bundle = displays[0]
     assert {"text/plain", "text/html", "application/vnd.jupyter.widget-view+json"} <= set(bundle)
@@ -218,8 +219,12 @@ def test_display_bundle_and_panel_in_the_kernel(kernel: Kernel) -> None:
     out, _ = kernel.run("f.post('/up', [Doc(text='q')])\nimport time\ntime.sleep(2.5)")
     assert out == ""
     assert kernel.value("orchestra_nb.notebook.panel.get_panel(f).running") is True
-    titles = kernel.value("[f.panel().children[1].get_title(i) for i in range(4)]")
-    assert titles == ["Status", "Logs", "Endpoints", "Scale"]
+    titles = kernel.value("[f.panel().children[1].get_title(i) for i in range(len(f.panel().children[1].children))]")
+    assert titles == ["Status", "Metrics", "Logs", "Endpoints", "Scale"]
+    # the Status tab draws the topology with every node coloured ready, and the Metrics tab saw the post
+    assert kernel.value("get_panel(f).topology_html.value.count('<title>up</title>')") == 1
+    poll_for(lambda: kernel.value("get_panel(f).plot_data().get('gateway', {}).get('requests', [0])[-1]") >= 2,
+             timeout=20, interval=0.5, what="the panel's plot data to count the requests")
 
     # without ipywidgets the same call falls back to HTML and text
     _, displays = kernel.run("import sys; _w = sys.modules.pop('ipywidgets'); sys.modules['ipywidgets'] = None\n"

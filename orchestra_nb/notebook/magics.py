@@ -19,6 +19,11 @@ with the same name is only closed with `--replace`; without it the magic refuses
 so a cell never silently stops a Flow that another cell started. A Flow whose YAML keeps the default
 name 'flow' takes NAME, so two magic cells never replace each other through the per-kernel registry.
 
+Mistakes are reported as IPython `UsageError`s, which a notebook shows as one line without a
+traceback through our YAML loader: a config error names the *cell* line and column (the YAML starts on
+the cell's second line), a `uses:` that misspells a class defined in the notebook gets a "did you mean",
+and a bad number or executor name in `%orchestra scale|logs` says which argument was wrong.
+
 The magics are registered as plain functions with `register_magic_function` rather than through the
 `Magics` class decorators, which keeps this module the same on IPython 7.34 and 9 and typed under mypy.
 """
@@ -26,6 +31,7 @@ The magics are registered as plain functions with `register_magic_function` rath
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import shlex
 from typing import Any
@@ -60,6 +66,40 @@ def _cell_parser() -> _Parser:
                    help=f"also write the config: FORMAT is one of {', '.join(EXPORT_FORMATS)}")
     p.add_argument("--no-panel", action="store_true", help="do not display the panel")
     return p
+
+
+def _config_error(exc: Exception, cell: str, classes: dict[str, type]) -> Exception:
+    """A ConfigError from the cell's YAML, said in the cell's terms: cell line numbers (the magic line
+    is line 1), no placeholder paths, and close matches for a misspelt notebook class in `uses:`."""
+    message = str(exc).replace(_PLACEHOLDER, "")
+    message = re.sub(r"^<string>:(\d+):(\d+): ",
+                     lambda m: f"cell line {int(m.group(1)) + 1}, column {m.group(2)}: ", message)
+    message = re.sub(r"^<string>: ", "", message)
+    hints = []
+    for name in re.findall(r"\buses:[ \t]*([A-Za-z_]\w*)[ \t]*(?:$|[,}#])", cell, re.MULTILINE):
+        if name in classes:
+            continue
+        close = difflib.get_close_matches(name, sorted(classes), n=1, cutoff=0.6)
+        if close:
+            hints.append(f"uses: {name!r} is not a class of this notebook; did you mean {close[0]!r}?")
+        elif classes:
+            hints.append(f"uses: {name!r} is not a class of this notebook (its Executor classes: "
+                         f"{', '.join(sorted(classes))}); define it in a cell above and run that cell first")
+        else:
+            hints.append(f"uses: {name!r} is not defined in this notebook; define the Executor class in "
+                         "a cell above and run that cell first")
+    return _usage_error("%%orchestra: " + message + "".join(f"\n{h}" for h in hints))
+
+
+def _number(command: str, what: str, value: str, minimum: int) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = minimum - 1
+    if n < minimum:
+        raise _usage_error(f"%orchestra {command}: {what} must be a whole number of at least {minimum}, "
+                           f"got {value!r}")
+    return n
 
 
 def _gpus(value: str) -> int | str:
@@ -156,13 +196,29 @@ class OrchestraMagics:
         from orchestra_nb.orchestration.registry import running
 
         args = _cell_parser().parse_args(shlex.split(line))
+        if args.gpus is not None:  # checked now, not after the cell's Flow started half its processes
+            from orchestra_nb.errors import ConfigError
+            from orchestra_nb.runtime.devices import parse_gpus
+
+            try:
+                parse_gpus(_gpus(args.gpus))
+            except ConfigError as exc:
+                raise _usage_error(f"%%orchestra --gpus {args.gpus}: {exc}") from None
+        if args.export is not None and args.export[0] not in EXPORT_FORMATS:
+            raise _usage_error(f"%%orchestra --export: unknown format {args.export[0]!r}; use one of "
+                               f"{', '.join(EXPORT_FORMATS)}")
         if not args.name.isidentifier():
             raise _usage_error(f"%%orchestra: {args.name!r} is not a valid Python variable name")
         if not cell.strip():
             raise _usage_error("%%orchestra: the cell is empty; write the Flow or Deployment YAML below "
                                "the magic line")
+        from orchestra_nb.errors import ConfigError
+
         text, classes = _notebook_classes(cell, self.shell.user_ns)
-        obj = orchestra_nb.load_config(text)
+        try:
+            obj = orchestra_nb.load_config(text)
+        except ConfigError as exc:
+            raise _config_error(exc, cell, classes) from None
         if not isinstance(obj, Orchestration):
             raise _usage_error(f"%%orchestra: the YAML describes a {type(obj).__name__}, "
                                "not a Flow or Deployment (check its jtype)")
@@ -198,7 +254,9 @@ class OrchestraMagics:
         arity = {"ls": (0, 0), "status": (1, 1), "logs": (1, 2), "stop": (1, 1), "scale": (3, 3),
                  "reload": (2, 3), "export": (3, 3)}
         if cmd not in arity:
-            raise _usage_error(f"%orchestra: unknown command {cmd!r}\n{usage}")
+            close = difflib.get_close_matches(cmd, list(arity), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise _usage_error(f"%orchestra: unknown command {cmd!r}{hint}\n{usage}")
         low, high = arity[cmd]
         if not low <= len(rest) <= high:
             raise _usage_error(f"%orchestra {cmd}: expected {low}" + (f"-{high}" if high != low else "")
@@ -211,15 +269,25 @@ class OrchestraMagics:
 
             ipython_display(obj)
         elif cmd == "logs":
-            n = int(rest[1]) if len(rest) > 1 else 50
+            n = _number("logs", "N (how many lines per process)", rest[1], 1) if len(rest) > 1 else 50
             print("\n".join(obj.logs(None, n)))
         elif cmd == "stop":
+            was = obj.state.value
             obj.close()
-            print(f"stopped {type(obj).__name__} {obj.name!r}")
+            print(f"{type(obj).__name__} {obj.name!r} was already {was}" if was in ("closed", "created")
+                  else f"stopped {type(obj).__name__} {obj.name!r}")
         elif cmd == "scale":
             if not callable(getattr(obj, "scale", None)):
                 raise _usage_error(f"%orchestra scale: {type(obj).__name__} cannot scale while running yet")
-            obj.scale(rest[1], int(rest[2]))
+            n = _number("scale", "N (the replica count)", rest[2], 1)
+            if obj.state.value != "ready":
+                raise _usage_error(f"%orchestra scale: {type(obj).__name__} {obj.name!r} is {obj.state.value}, "
+                                   "not serving; start it first (re-run its %%orchestra cell)")
+            try:
+                obj.scale(rest[1], n)
+            except (KeyError, ValueError) as exc:
+                raise _usage_error(f"%orchestra scale: {exc.args[0] if exc.args else exc}") from None
+            print(f"{rest[1]!r} of {obj.name!r} now runs {n} replica(s)")
         elif cmd == "reload":
             self.reload(obj, rest[1], rest[2] if len(rest) > 2 else None)
         elif cmd == "export":

@@ -15,9 +15,8 @@ import pytest
 import yaml
 
 from orchestra_nb import Deployment, Doc, Flow, load_config
-from orchestra_nb.spec.models import DeploymentSpec, ExecutorSpec, FlowSpec, GatewaySpec
+from orchestra_nb.spec.models import DeploymentSpec, ExecutorSpec, GatewaySpec
 from orchestra_nb.spec.schema import yaml_schema
-from orchestra_nb.spec.yaml import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
@@ -196,26 +195,6 @@ def _notebook_class() -> Any:
     namespace: dict[str, Any] = {"__name__": "__main__"}
     exec(compile(NOTEBOOK_CELL, filename, "exec"), namespace)
     return namespace["NotebookUpper"]
-
-
-def test_notebook_class_saved_as_module_and_served_from_yaml(tmp_path: Path) -> None:
-    cls = _notebook_class()
-    flow = Flow(name="nb").add(uses=cls, name="up")
-    with flow:
-        expected = flow.post("/run", [Doc(text="hi")])
-    flow.save_config(str(tmp_path / "nb.yml"))
-    module = (tmp_path / "nb_executors.py").read_text()
-    assert "class NotebookUpper(Executor):" in module
-    assert "def shout(text):" in module and "SUFFIX = '-nb'" in module
-    assert "import numpy as np" in module and "from orchestra_nb.executor import Executor" in module
-    data = yaml.safe_load((tmp_path / "nb.yml").read_text())
-    assert data["executors"][0] == {"name": "up", "uses": "NotebookUpper", "py_modules": ["nb_executors.py"]}
-    spec, _ = parse_config(str(tmp_path / "nb.yml"))
-    assert isinstance(spec, FlowSpec)
-    with load_config(str(tmp_path / "nb.yml")) as again:
-        got = again.post("/run", [Doc(text="hi")])
-    assert got.texts == expected.texts == ["HI-nb"]
-    assert got[0].tags == expected[0].tags == {"n": 5}
 
 
 @pytest.mark.kernel

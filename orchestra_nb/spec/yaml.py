@@ -19,7 +19,10 @@ Decisions:
 * **Validation by pieces.** Each executor and the gateway are validated on their own, so a pydantic
   error's `loc` maps straight onto a YAML key path; no pydantic or PyYAML traceback reaches a user.
 * **The parent never imports user code.** `uses: MyEncoder` is checked by parsing the `py_modules` files
-  with `ast`; the replica imports them (`runtime/resolve.py`). Paths in the spec stay relative to the
+  with `ast`; the replica imports them (`runtime/resolve.py`). The same parse checks `uses_with` keys
+  against the class's `__init__` (through in-file bases that pass `**kwargs` on), so a typo is a
+  file:line error at load time, not a TypeError in a replica; when the file cannot tell, it is left
+  to the replica. Paths in the spec stay relative to the
   YAML file (`base_dir`), so a Flow loaded from YAML starts from any working directory. `log_config` is
   the exception: children open it, so it is stored resolved.
 * **Classes from `__main__` or a notebook cell** are saved as source in `<stem>_executors.py` next to
@@ -276,6 +279,70 @@ class _PyModule:
         return out
 
 
+    def init_params(self, name: str, seen: frozenset[str] = frozenset()) -> tuple[set[str], set[str]] | None:
+        """(keyword arguments accepted, required ones) by class `name`'s constructor, when the file says
+        for sure; None when it cannot tell (a base outside the file, several bases, `**kwargs` read or
+        not simply passed on to the base's `__init__`). `Executor` itself takes none."""
+        node = self.classes.get(name)
+        if node is None or name in seen or len(node.bases) != 1:
+            return None
+        base = node.bases[0]
+        base_name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")
+
+        def inherited(drop: set[str]) -> tuple[set[str], set[str]] | None:
+            if base_name == "Executor":
+                return set(), set()
+            got = self.init_params(base_name, seen | {name})
+            return None if got is None else (got[0] - drop, got[1] - drop)
+
+        init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+        if init is None:
+            return inherited(set())
+        args = init.args
+        if args.posonlyargs or not args.args:
+            return None
+        positional = args.args[1:]
+        accepted = {a.arg for a in [*positional, *args.kwonlyargs]}
+        required = {a.arg for a in positional[:len(positional) - len(args.defaults)]}
+        required |= {a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d is None}
+        if args.kwarg is None:
+            return accepted, required
+        kwarg = args.kwarg.arg
+        reads = [n for n in ast.walk(init) if isinstance(n, ast.Name) and n.id == kwarg]
+        calls = [c for c in ast.walk(init) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+                 and c.func.attr == "__init__"
+                 and any(k.arg is None and isinstance(k.value, ast.Name) and k.value.id == kwarg
+                         for k in c.keywords)]
+        # `**kwargs` only passed on, once, by keyword: the base's constructor decides what it accepts
+        if len(calls) != 1 or len(reads) != 1 or any(not isinstance(a, ast.Name) for a in calls[0].args) \
+                or len(calls[0].args) > 1:
+            return None
+        passed = {k.arg for k in calls[0].keywords if k.arg is not None}
+        parent = inherited(passed)
+        if parent is None:
+            return None
+        return accepted | parent[0], required | (parent[1] - accepted)
+
+
+def _check_init_args(module: _PyModule, cls_name: str, given: dict[str, Any], path: Path, src: _Source,
+                     *, require: bool) -> None:
+    """Keyword arguments for the constructor (`uses_with`, an Executor YAML's `with:`) that it takes."""
+    params = module.init_params(cls_name)
+    if params is None:
+        return
+    accepted, required = params
+    for key in given:
+        if key not in accepted:
+            close = difflib.get_close_matches(str(key), sorted(accepted), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            takes = f"it takes {sorted(accepted)}" if accepted else "it takes no arguments"
+            src.fail((*path, key), f"{cls_name}.__init__ has no argument {key!r}; {hint}{takes}", key=True)
+    missing = sorted(required - set(given))
+    if require and missing:
+        src.fail(path, f"{cls_name}.__init__ needs {missing}; give {'them' if len(missing) > 1 else 'it'} in "
+                       f"`uses_with: {{{missing[0]}: ...}}`")
+
+
 def _parse_py_module(full: str, src: _Source, path: Path) -> _PyModule:
     try:
         with open(full, encoding="utf-8") as f:
@@ -288,7 +355,7 @@ def _parse_py_module(full: str, src: _Source, path: Path) -> _PyModule:
 
 
 def _check_uses(data: dict[str, Any], path: Path, src: _Source, base_dir: str,
-                uses_path: Path | None = None) -> None:
+                uses_path: Path | None = None, with_path: Path | None = None, require_args: bool = True) -> None:
     """Check `uses`, `py_modules` and `uses_requests` without importing user code."""
     py_modules = data.get("py_modules") or []
     if isinstance(py_modules, str):
@@ -322,8 +389,17 @@ def _check_uses(data: dict[str, Any], path: Path, src: _Source, base_dir: str,
         sub = _Source(full, ydir)
         _check_executor_mapping(_compose(text, sub, None), (), sub, ydir)
         return
+    with_path = with_path or (*path, "uses_with")
+    uses_with = data.get("uses_with")
     if uses == "Executor":
         return
+    if uses.endswith(".py"):
+        full = os.path.normpath(os.path.join(base_dir, uses))
+        found_py = _parse_py_module(full, src, upath).executor_classes() if os.path.isfile(full) else []
+        example = found_py[0] if found_py else "MyExecutor"
+        src.fail(upath, f"uses={uses!r} is a Python file; name the class and list the file: "
+                        f"`uses: {example}` with `py_modules: [{uses}]`"
+                        + (f" (Executor classes in it: {found_py})" if found_py else ""))
     if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", uses):
         src.fail(upath, f"{uses!r} is not a class name, a dotted path module.Class or a .yml path")
     for m in parsed:
@@ -351,6 +427,8 @@ def _check_uses(data: dict[str, Any], path: Path, src: _Source, base_dir: str,
     if module is not None and cls_name is not None and not module.classes[cls_name].bases:
         src.fail(upath, f"class {cls_name!r} in py_modules is not an Executor: it has no base class; "
                         f"write `class {cls_name}(Executor):` (from orchestra_nb import Executor)")
+    if (uses_with is None or isinstance(uses_with, dict)) and module is not None and cls_name is not None:
+        _check_init_args(module, cls_name, uses_with or {}, with_path, src, require=require_args)
     requests = data.get("uses_requests") or {}
     if isinstance(requests, dict) and module is not None and cls_name is not None:
         methods = module.methods(cls_name)
@@ -380,7 +458,9 @@ def _check_executor_mapping(data: Any, path: Path, src: _Source, base_dir: str) 
         src.fail((*path, "with"), f"expected a mapping of __init__ arguments, got {with_!r}")
     metas = data.get("metas") or {}
     py_modules = data.get("py_modules") or (metas.get("py_modules") if isinstance(metas, dict) else None)
-    _check_uses({"uses": jtype, "py_modules": py_modules or []}, path, src, base_dir, (*path, "jtype"))
+    # the Flow's `uses_with` may still give required arguments, so only unknown ones are errors here
+    _check_uses({"uses": jtype, "py_modules": py_modules or [], "uses_with": with_ or {}}, path, src, base_dir,
+                (*path, "jtype"), (*path, "with"), require_args=False)
 
 
 # ---- building specs ----------------------------------------------------------------------------------

@@ -302,3 +302,48 @@ def test_failing_executor_ends_in_failed_with_the_reason() -> None:
     text = console.export_text()
     assert re.search(r"broken/0\s+failed \(.*RuntimeError", text), text
     assert text.rstrip().endswith(str(info.value).splitlines()[0])
+
+
+def test_flow_start_on_a_terminal_shows_live_bars_through_the_phases() -> None:
+    """`Flow.start()` itself, run in a pseudo-terminal as a user's console would: the live bars go
+    through the slow executor's phases in order and end with how long it took."""
+    import os
+    import pty
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("from orchestra_nb import Flow\nfrom tests.test_progress import Sleepy\n"
+              "f = Flow(name='ptyprogress').add(uses=Sleepy, name='sleepy', uses_with={'seconds': 1.5})\n"
+              "f.start()\nf.close()\nprint('DONE', flush=True)\n")
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120", "ORCHESTRA_QUIET": "0", "ORCHESTRA_PROGRESS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=root, env=env, stdin=follower,
+                            stdout=follower, stderr=follower, close_fds=True)
+    os.close(follower)
+    chunks: list[bytes] = []
+    try:
+        while True:  # read until the child closes the terminal (EIO once no process holds it open)
+            try:
+                data = os.read(leader, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(leader)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    assert "DONE" in text, text
+    shown = re.findall(r"sleepy\b.*?0/1 ready\s+(\w+) \d+\.\d+s", text)
+    phases = [p for i, p in enumerate(shown) if i == 0 or shown[i - 1] != p]
+    assert "loading" in phases, text  # the slow phase is what the user sees while waiting
+    order = ("waiting", *PHASES)
+    assert phases == [p for p in order if p in phases], phases  # in order, never backwards
+    assert re.search(r"sleepy\b.*1/1 ready after (\d+\.\d)s", text), text
+    assert re.search(r"'ptyprogress' ready in \d+\.\ds", text), text

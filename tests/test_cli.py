@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from orchestra_nb import Client, Doc, __version__
@@ -217,6 +218,36 @@ def test_saved_main_script_flow_starts_in_a_fresh_process(tmp_path: Path, orches
     with Client(port=ports["grpc"], protocol="grpc") as client:
         assert client.post("/run", [Doc(text="abc"), Doc(text="xy")]).texts == expected == ["cba", "yx"]
     assert proc.stop(signal.SIGTERM) == 0
+
+
+def test_notebook_class_saved_then_served_by_the_cli_in_a_fresh_process(
+        tmp_path: Path, orchestra: list[OrchestraProcess]) -> None:
+    """Issue 4's acceptance: a Python-built Flow whose executor was defined in a notebook cell, saved with
+    save_config, starts with `orchestra flow --uses` in a fresh process and gives the same answers."""
+    from orchestra_nb import Flow
+    from orchestra_nb.spec.models import FlowSpec
+    from orchestra_nb.spec.yaml import parse_config
+    from tests.test_yaml import _notebook_class
+
+    flow = Flow(name="nb", protocol=["grpc", "http"]).add(uses=_notebook_class(), name="up")
+    with flow:
+        expected = flow.post("/run", [Doc(text="hi"), Doc(text="there")])
+    flow.save_config(str(tmp_path / "nb.yml"))
+    module = (tmp_path / "nb_executors.py").read_text()
+    assert "class NotebookUpper(Executor):" in module
+    assert "def shout(text):" in module and "SUFFIX = '-nb'" in module
+    assert "import numpy as np" in module and "from orchestra_nb.executor import Executor" in module
+    data = yaml.safe_load((tmp_path / "nb.yml").read_text())
+    assert data["executors"][0] == {"name": "up", "uses": "NotebookUpper", "py_modules": ["nb_executors.py"]}
+    assert isinstance(parse_config(str(tmp_path / "nb.yml"))[0], FlowSpec)
+    proc = _start(orchestra, "flow", "--uses", str(tmp_path / "nb.yml"), cwd=ROOT)
+    ports = proc.wait_ready()
+    for protocol in ("grpc", "http"):
+        with Client(port=ports[protocol], protocol=protocol) as client:
+            got = client.post("/run", [Doc(text="hi"), Doc(text="there")])
+        assert got.texts == expected.texts == ["HI-nb", "THERE-nb"], protocol
+        assert [d.tags for d in got] == [d.tags for d in expected] == [{"n": 5}, {"n": 8}], protocol
+    assert proc.stop(signal.SIGTERM) == 0, proc.output()
 
 
 def test_bad_yaml_exits_1_with_one_line(small_flow: Path) -> None:

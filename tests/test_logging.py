@@ -136,7 +136,7 @@ def test_flow_log_config_applies_in_every_child(capfd: pytest.CaptureFixture[str
     records = [json.loads(line) for line in lines]
     assert {(r["executor"], r["replica"]) for r in records} >= {("first", 0), ("second", 0), ("second", 1),
                                                               ("gateway", None)}
-    assert all(set(r) >= FIELDS for r in records)
+    assert all(set(r) >= FIELDS and r["executor"] for r in records)
 
 
 def test_cli_with_json_config_writes_only_json_lines() -> None:
@@ -151,7 +151,8 @@ def test_cli_with_json_config_writes_only_json_lines() -> None:
         raise
     finally:
         proc.close()
-    assert all(set(r) >= FIELDS for r in records)
+    assert records, proc.output()
+    assert all(set(r) >= FIELDS and r["executor"] for r in records), records
     executors = {r["executor"] for r in records}
     assert {"upper", "gateway", "shout-json"} <= executors
     assert any(r["message"] == "Flow 'shout-json' stopped" for r in records)

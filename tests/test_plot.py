@@ -8,6 +8,7 @@ dot" is real: PATH is pointed at an empty folder, so the lookup the code does fi
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import textwrap
@@ -354,3 +355,19 @@ def test_export_flowchart_command_writes_every_node_and_edge(with_dot: bool, tmp
     if not with_dot:
         result = runner.invoke(cli, ["export", "flowchart", str(config), str(tmp_path / "flow.png")])
         assert result.exit_code == 1 and "dot" in result.output.lower(), result.output
+
+
+def test_flow_plot_method_colours_a_running_flow(tmp_path: Path) -> None:
+    """`f.plot()` before start draws plain nodes; while serving every node is coloured ready, and
+    `f.plot(path)` writes the same picture."""
+    flow = Flow(name=f"plotlive{os.getpid()}").add(name="a").add(name="b", replicas=2)
+    assert {n.state for n in flow.plot().topology.nodes} == {None}
+    with flow:
+        picture = flow.plot(str(tmp_path / "live.svg"))
+        states = {n.id: n.state for n in picture.topology.nodes}
+        assert states == {"gateway": "ready", "a": "ready", "b": "ready", "gateway:out": "ready"}
+        svg = (tmp_path / "live.svg").read_text()
+        assert svg.count(f'fill="{STATE_COLOURS["ready"]}"') >= 4
+        nodes, edges, _, _ = svg_graph(svg)
+        assert nodes == {"gateway", "a", "b", "gateway:out"}
+        assert edges == {("gateway", "a"), ("a", "b"), ("b", "gateway:out")}

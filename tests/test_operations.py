@@ -84,6 +84,11 @@ def served(f: Flow, name: str) -> list[int]:
     return [int(rep["stats"]["requests"]) for rep in f.status()["executors"][name]]
 
 
+def gateway_retries(f: Flow) -> int:
+    """How often the gateway had to retry a request on another replica (it logs each time)."""
+    return sum("retrying on another" in line for line in f.logs("gateway", n=10_000))
+
+
 def test_kill_reload_and_scale_under_load(load: Load) -> None:
     f = Flow().add(uses=Upper, name="up", replicas=2)
     with f:
@@ -105,16 +110,20 @@ def test_kill_reload_and_scale_under_load(load: Load) -> None:
         f.scale("up", 4)
         assert len(f.status()["executors"]["up"]) == 4 and f.executors[0].replicas == 4
         poll_for(lambda: min(served(f, "up")) > 5, timeout=30, what="traffic on all 4 replicas")
-        f.scale("up", 1)
+        retried = gateway_retries(f)
+        f.scale("up", 1)  # the gateway stops sending to a replica before it is stopped: nothing retried
         assert len(f.status()["executors"]["up"]) == 1 and len(f._supervisor.workers) == 1
         before = served(f, "up")[0]
         poll_for(lambda: served(f, "up")[0] > before + 20, timeout=30, what="load on the one replica left")
+        assert gateway_retries(f) == retried
 
         # reload onto a new class with 2 replicas: answers switch, nothing fails
         f.scale("up", 2)
+        retried = gateway_retries(f)
         f.reload("up", Tagger)  # new behaviour: tags instead of upper-casing
         assert f.post("/upper", Doc(text="b"))[0].text == "b"
         poll_for(lambda: min(served(f, "up")) > 20, timeout=30, what="load on the reloaded replicas")
+        assert gateway_retries(f) == retried  # traffic was switched before each old replica stopped
         ok, failed, texts, err = load.stop(proc)
         assert failed == 0, err
         assert ok > 200
@@ -163,7 +172,10 @@ def test_exit_on_exceptions_stops_and_restarts_the_replica() -> None:
             f.post("/value", Doc())
         poll_for(lambda: not pid_alive(pid), timeout=10, what="replica to exit")
         poll_for(lambda: child.state == "ready" and child.pid != pid, timeout=10, what="restart")
-        assert child.restarts == 1  # one exit (ValueError), not two
+        assert child.restarts == 1
+        # the replica logs its decision in order on one pipe: only the ValueError made it stop
+        stops = [line for line in f.logs("p") if "is in exit_on_exceptions" in line]
+        assert len(stops) == 1 and "ValueError is in exit_on_exceptions" in stops[0], stops
         assert [p["restarts"] for p in f.status()["processes"] if p["key"] == child.key] == [1]
         assert f.post("/ok", Doc()).texts == ["ok"]
         assert f.dry_run()

@@ -59,6 +59,37 @@ def test_docs_yaml_validates_against_schema(path: Path) -> None:
     assert errors == []
 
 
+def _cell_yamls() -> list[tuple[str, str]]:
+    """YAML bodies of `%%orchestra` cells in notebooks/*.ipynb and docs/snippets/*.ipy."""
+    import json
+
+    found = []
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and source.startswith("%%orchestra"):
+                found.append((f"{nb.name}[{i}]", source.split("\n", 1)[1]))
+    for ipy in sorted((ROOT / "docs" / "snippets").glob("*.ipy")):
+        for i, cell in enumerate(ipy.read_text().split("# %%")[1:]):
+            body = cell.split("\n", 1)[1].lstrip("\n")
+            if body.startswith("%%orchestra"):
+                found.append((f"{ipy.name}[{i}]", body.split("\n", 1)[1]))
+    return found
+
+
+CELL_YAMLS = _cell_yamls()
+
+
+def test_cell_yamls_exist_and_validate_against_schema() -> None:
+    assert {name.split("[")[0] for name, _ in CELL_YAMLS} >= {"magic.ipynb", "notebook_magics.ipy"}
+    validator = jsonschema.Draft202012Validator(yaml_schema())
+    for name, text in CELL_YAMLS:
+        data = yaml.safe_load(text)
+        assert isinstance(data, dict) and "jtype" in data, name
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(data)]
+        assert errors == [], name
+
+
 @pytest.mark.parametrize("path", DOC_YAMLS, ids=IDS)
 def test_docs_yaml_round_trips_to_an_equal_spec(path: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy"

@@ -66,6 +66,14 @@ def test_quickstart_stored_panel_shows_every_executor_ready() -> None:
     keys = re.findall(r'data-key="([^"]+)"', table)
     assert sorted(keys) == ["exclaim/0", "upper/0", "upper/1"]
     assert table.count('data-state="ready"') == len(keys) + 1  # every replica and the gateway
+    # the Status tab's picture: every node coloured ready; the start-up progress folded into its end line
+    from orchestra_nb.plot import STATE_COLOURS
+
+    picture = [v for v in values if 'class="orchestra-topology"' in v][-1]
+    fills = dict(re.findall(r'class="node"[^>]*>\s*<title>([^<]+)</title>.*?fill="(#[0-9a-f]{6})"', picture, re.S))
+    assert fills == dict.fromkeys(["gateway", "upper", "exclaim", "gateway:out"], STATE_COLOURS["ready"])
+    progress = [v for v in values if "class='orchestra-progress'" in v][-1]
+    assert re.search(r"quickstart ready after \d+\.\d s", progress) and "data-phase" not in progress
     shown = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
              if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert len(shown) == 1 and {"text/html", "text/plain"} <= set(shown[0]["data"])

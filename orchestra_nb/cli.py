@@ -122,7 +122,8 @@ def _with_gateway(spec: Any, port: tuple[int, ...], protocol: tuple[str, ...], h
     try:
         gateway = GatewaySpec.model_validate(data)
     except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'gateway'}: {e['msg']}" for e in exc.errors())
+        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'gateway'}: {e['msg'].removeprefix('Value error, ')}"
+                           for e in exc.errors())
         _fail(f"invalid gateway options: {errors}")
     return spec.model_copy(update={"gateway": gateway})
 
@@ -333,10 +334,14 @@ def _ping(address: str, timeout: float) -> tuple[bool, str]:
         return response.status_code == 200, f"HTTP {response.status_code}"
     if scheme != "grpc":
         return False, f"unknown scheme {scheme!r}; use grpc://, http:// or https://"
+    host, colon, port = rest.rstrip("/").rpartition(":")
+    if not colon or not host or not port.isdigit():
+        return False, (f"{rest!r} is not HOST:PORT with a numeric port (gRPC has no default port), "
+                       "e.g. 127.0.0.1:8080 or grpc://127.0.0.1:8080")
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(rest) as channel:
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as exc:

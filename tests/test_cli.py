@@ -267,6 +267,13 @@ def test_version_ping_and_wrong_kind() -> None:
     result = runner.invoke(cli, ["ping", "--timeout", "0.5", f"127.0.0.1:{port}"])
     assert result.exit_code == 1 and "unhealthy" in result.output
     assert runner.invoke(cli, ["ping", f"ftp://127.0.0.1:{port}"]).exit_code == 1
+    for no_port in ("localhost", "grpc://127.0.0.1", "127.0.0.1:grpc"):
+        result = runner.invoke(cli, ["ping", no_port])
+        assert result.exit_code == 1 and "is not HOST:PORT with a numeric port" in result.output, no_port
+    ports = runner.invoke(cli, ["flow", "--uses", str(EXAMPLES / "flow.yml"), "--port", "1", "--port", "2",
+                                "--port", "3"])
+    assert ports.exit_code == 1 and "3 port(s) for 2 protocol(s)" in ports.output
+    assert "Value error" not in ports.output and "pydantic" not in ports.output
     wrong = runner.invoke(cli, ["flow", "--uses", str(EXAMPLES / "deployment.yml")])
     assert wrong.exit_code == 1 and "orchestra deployment --uses" in wrong.output
     bad_context = runner.invoke(cli, ["flow", "--uses", str(EXAMPLES / "flow.yml"), "--context", "novalue"])

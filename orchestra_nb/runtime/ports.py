@@ -4,19 +4,10 @@ from __future__ import annotations
 
 import socket
 
-__all__ = ["free_port", "port_is_free"]
+__all__ = ["free_port"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host if host not in ("0.0.0.0", "") else "", 0))
         return int(sock.getsockname()[1])
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from orchestra_nb.errors import WireError
 
-__all__ = ["MAGIC", "decode", "decode_json", "encode", "encode_json", "is_payload"]
+__all__ = ["MAGIC", "decode", "decode_json", "encode", "encode_json"]
 
 MAGIC = b"ONB1"
 _ALIGN = 64
@@ -93,10 +93,6 @@ def _assemble(plain: list[Any], buffers: list[memoryview]) -> bytes:
         parts.append(buf)
         parts.append(b"\0" * _pad(buf.nbytes))
     return b"".join(parts)
-
-
-def is_payload(data: bytes) -> bool:
-    return data[:4] == MAGIC
 
 
 def _meta(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:

@@ -133,6 +133,34 @@ def test_missing_authtoken_is_a_clear_error_and_starts_nothing(ngrok_bin: Path) 
         assert http_call(base, "/status")[0] == 200  # the gateway's auth was not touched
 
 
+
+def test_flow_expose_argument_and_yaml_key(ngrok_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`Flow(expose='ngrok')` checks the authtoken before any process starts, opens the tunnel on start
+    (token from NGROK_AUTHTOKEN, agent from PYNGROK_NGROK_PATH) and closes it with the Flow; YAML's
+    `with: expose:` is the same spec field."""
+    from orchestra_nb import load_config
+
+    monkeypatch.setenv("PYNGROK_NGROK_PATH", str(ngrok_bin))
+    before = set(children_of(os.getpid()))
+    early = Flow(protocol=["grpc", "http"], expose="ngrok").add(uses=Upper, name="up")
+    with pytest.raises(ConfigError, match="NGROK_AUTHTOKEN"):
+        early.start()
+    assert early.pids() == [] and set(children_of(os.getpid())) == before and starts(ngrok_bin) == []
+
+    monkeypatch.setenv("NGROK_AUTHTOKEN", AUTHTOKEN)
+    with Flow(protocol=["grpc", "http"], expose="ngrok").add(uses=Upper, name="up") as f:
+        t = tunnel_of(f)
+        assert t is not None and t.provider == "ngrok" and t.pid is not None
+        assert upper_through(t.url, None)[0] == 401
+        status, data = upper_through(t.url, t.token)
+        assert (status, [d["text"] for d in data["docs"]]) == (200, ["HI"])
+        assert starts(ngrok_bin)[0]["authtoken"] == AUTHTOKEN
+    poll_for(lambda: not pid_alive(t.pid), timeout=10, what="the agent to stop with the Flow")
+
+    loaded = load_config("jtype: Flow\nwith:\n  protocol: [grpc, http]\n  expose: ngrok\n"
+                         "executors:\n  - name: up\n    uses: tests.executors.Upper\n")
+    assert loaded.flow_spec().gateway.expose == "ngrok"
+
 def test_expose_needs_the_http_gateway_and_a_known_provider() -> None:
     before = set(children_of(os.getpid()))
     grpc_only = Flow(protocol="grpc").add(uses=Upper)

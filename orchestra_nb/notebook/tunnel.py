@@ -411,8 +411,7 @@ def expose(orch: Any, provider: str = "ngrok", token: str | None = None, *, grpc
             raise
         tunnel = Tunnel(url=url, token=token, provider=made.name, local_url=local_url, grpc_url=grpc_url,
                         pid=made.pid)
-        orch._tunnel = _Exposure(tunnel, made, previous)
-        _close_with(orch)
+        orch._tunnel = _Exposure(tunnel, made, previous)  # Orchestration._teardown unexposes it
         return tunnel
 
 
@@ -427,20 +426,6 @@ def unexpose(orch: Any) -> None:
 
         if orch.state is State.READY:  # while closing, the gateway is going away anyway
             orch.set_token(exposure.previous_token)
-
-
-def _close_with(orch: Any) -> None:
-    """Close the tunnel when `orch` closes (until Orchestration._teardown calls unexpose itself)."""
-    if "_teardown" in orch.__dict__:
-        return
-    original = orch._teardown
-
-    def teardown() -> None:
-        with contextlib.suppress(Exception):
-            unexpose(orch)
-        original()
-
-    orch._teardown = teardown
 
 
 def _status_code(url: str, token: str | None) -> int:

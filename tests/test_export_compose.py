@@ -135,19 +135,6 @@ def _orchestra() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "orchestra_nb.cli"]
 
 
-def _cli_commands() -> set[str]:
-    try:
-        from orchestra_nb import cli
-    except ImportError:
-        return set()
-    group = getattr(cli, "cli", None) or getattr(cli, "main", None)
-    return set(getattr(group, "commands", {}))
-
-
-def _has_entrypoints() -> bool:
-    return {"executor", "gateway"} <= _cli_commands()
-
-
 def _localize(command: list[str], app_dir: Path, ports: dict[str, int]) -> list[str]:
     """A container's argv as a local one: /app is the build context, service:port a local port."""
     out = [*_orchestra(), *command[1:]] if command[0] == "orchestra" else list(command)
@@ -221,7 +208,6 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _has_entrypoints(), reason="needs `orchestra executor|gateway` (orchestra_nb.cli)")
 def test_compose_services_run_as_local_processes_and_answer_like_the_flow(
         tmp_path: Path, services: Services) -> None:
     flow = _flow()
@@ -260,13 +246,14 @@ def test_compose_services_run_as_local_processes_and_answer_like_the_flow(
 
     poll_for(gateway_healthy, timeout=60, what="the gateway service to be healthy")
 
-    if "ping" in _cli_commands():  # each service's healthcheck, as Docker would run it in the container
-        for name, svc in specs.items():
-            test = svc["healthcheck"]["test"][1:]
-            port = local_ports["grpc"] if name == "gateway" else ports[name]
-            probe = [*_orchestra(), *test[1:]] if test[0] == "orchestra" else test
-            probe = [re.sub(r"^127\.0\.0\.1:\d+$", f"127.0.0.1:{port}", a) for a in probe]
-            assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0, (name, probe)
+    for name, svc in specs.items():  # each service's healthcheck, as Docker would run it in the container
+        test = svc["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1:3] == ["orchestra", "ping"], (name, test)
+        port = local_ports["grpc"] if name == "gateway" else ports[name]
+        probe = [*_orchestra(), *test[2:]]
+        probe = [re.sub(r"^127\.0\.0\.1:\d+$", f"127.0.0.1:{port}", a) for a in probe]
+        assert any(f"127.0.0.1:{port}" in a for a in probe), (name, probe)
+        assert subprocess.run(probe, capture_output=True, timeout=30).returncode == 0, (name, probe)
 
     inputs = [Doc(text="hello"), Doc(text="compose")]
     answers = {}

@@ -57,7 +57,7 @@ def encode(docs: Iterable[Any]) -> bytes:
             if value.dtype.kind not in _KINDS:
                 raise WireError(f"cannot send an array of dtype {value.dtype}: only bool, integer, float "
                                 "and complex arrays travel on the wire")
-            arr = np.ascontiguousarray(value)
+            arr = value if value.flags.c_contiguous else value.copy(order="C")  # keeps 0-d arrays 0-d
             buffers.append(memoryview(arr).cast("B"))  # type: ignore[arg-type]
             return {"$nd": [len(buffers) - 1, arr.dtype.str, list(arr.shape)]}
         if isinstance(value, (bytes, bytearray, memoryview)):

@@ -86,6 +86,15 @@ class ExecutorSpec(_Model):
             return {k: v.upper() if isinstance(v, str) else v for k, v in value.items()}
         return value
 
+    @field_validator("when")
+    @classmethod
+    def _check_when(cls, value: Any) -> Any:
+        if value is not None:
+            from orchestra_nb.runtime.when import compile_when
+
+            compile_when(value)  # a bad condition fails here, not later in the gateway
+        return value
+
     @field_validator("gpus")
     @classmethod
     def _check_gpus(cls, value: Any) -> Any:

@@ -361,6 +361,9 @@ def test_replicas_start_with_their_gpus(machine: Machine) -> None:
             assert [(m["uuid"], m["memory_used_mib"]) for m in tags["memory"]] == [(uuid(gpu), [100, 2000][gpu])]
         replicas = dep.status()["executors"]["devicereporter"]
         assert sorted(r["device"] for r in replicas) == ["cuda"] * 3
+        # status() shows each replica's own GPU and its memory use (NVML)
+        by_replica = {r["replica"]: [(g["uuid"], g["memory_used_mib"]) for g in r["gpus"]] for r in replicas}
+        assert by_replica == {0: [(uuid(0), 100)], 1: [(uuid(1), 2000)], 2: [(uuid(0), 100)]}
 
 
 def test_missing_gpus_fail_before_any_process_starts(machine: Machine) -> None:

@@ -196,3 +196,41 @@ def test_source_of_a_class_keeps_what_it_uses() -> None:
     assert namespace["SUFFIX"] == "!"
     assert textwrap.dedent('''
         @requests(on="/shout")''').strip() in source
+
+
+def test_magic_exports_a_cell_defined_flow_to_compose_and_kubernetes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`%%orchestra f --export compose PATH` and `%orchestra export f k8s DIR` from a notebook, with an
+    executor class defined in a cell: both outputs validate and carry the class's source."""
+    pytest.importorskip("IPython")
+    import types
+
+    import jsonschema
+    import kubernetes_validate
+
+    from orchestra_nb.notebook.magics import OrchestraMagics
+    from tests.test_yaml import _notebook_class
+
+    magics = OrchestraMagics(types.SimpleNamespace(user_ns={"NotebookUpper": _notebook_class()}))
+    body = "jtype: Flow\nwith: {name: cell-export}\nexecutors:\n  - name: up\n    uses: NotebookUpper\n"
+    compose_file = tmp_path / "compose" / "docker-compose.yml"
+    magics.cell(f"f --no-panel --export compose {compose_file}", body)
+    flow = magics.shell.user_ns["f"]
+    try:
+        magics.line(f"export f k8s {tmp_path / 'k8s'}")
+    finally:
+        flow.close()
+    assert f"wrote {tmp_path / 'k8s'}" in capsys.readouterr().out
+    document = yaml.safe_load(compose_file.read_text())
+    jsonschema.Draft7Validator(SCHEMA).validate(document)
+    assert set(document["services"]) == {"up", "gateway"}
+    for build in (tmp_path / "compose" / "cell-export-build", tmp_path / "cell-export-build"):
+        modules = [p.read_text() for p in (build / "executors").glob("*.py")]
+        assert len(modules) == 1 and "class NotebookUpper(Executor):" in modules[0], build
+        namespace: dict[str, Any] = {}
+        exec(compile(modules[0], str(build), "exec"), namespace)  # what it reaches: shout, SUFFIX, np, requests
+        assert namespace["shout"]("a") == "A-nb" and namespace["NotebookUpper"].requests_table == {"/run": "run"}
+    objects = [o for p in sorted((tmp_path / "k8s").glob("*.yml")) for o in yaml.safe_load_all(p.read_text()) if o]
+    for obj in objects:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    assert {(o["kind"], o["metadata"]["name"]) for o in objects} >= {("Deployment", "up"), ("Deployment", "gateway")}

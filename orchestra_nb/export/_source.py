@@ -176,13 +176,17 @@ def _public_module(value: Any) -> str:
 
 def class_module_source(cls: type) -> str:
     """A module that defines `cls` under its own name, importable in a fresh process."""
-    module = sys.modules.get(cls.__module__)
+    from orchestra_nb.spec.save import _globals_of
+
     where = "__main__" if cls.__module__ in ("__main__", "__mp_main__") else cls.__module__
     header = _HEADER.format(name=cls.__qualname__, where=where)
     try:
-        if module is None or "<locals>" in cls.__qualname__:
+        # the namespace the methods were defined in (a cell's user_ns, exec'd code), not whatever
+        # sys.modules[cls.__module__] is now: they differ when code runs outside the real __main__
+        namespace = _globals_of(cls)
+        if not namespace or "<locals>" in cls.__qualname__:
             raise OSError("no module to read the source from")
-        collector = _Collector(vars(module), cls.__module__)
+        collector = _Collector(namespace, cls.__module__)
         collector.add_object(cls)
         source = header + collector.render()
         compile(source, f"<{cls.__qualname__}>", "exec")

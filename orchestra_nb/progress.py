@@ -206,8 +206,11 @@ def progress_html(snapshot: dict[str, Any], *, bars: bool = True) -> str:
             f"<td style='text-align:left;padding-left:8px'>{ex['ready']}/{ex['replicas']} ready</td>"
             f"<td style='text-align:left;padding-left:8px'>{esc(phase)} {ex['phase_s']:.1f} s</td></tr>")
     if snapshot["finished"]:
-        word = "ready" if snapshot["ok"] else f"failed: {snapshot['reason'] or 'unknown reason'}"
-        footer = f"<div>{esc(snapshot['name'])} {esc(word)} after {snapshot['elapsed_s']:.1f} s</div>"
+        # the reason goes last: it can be long, and the time should not trail behind it
+        reason = "" if snapshot["ok"] else f": {snapshot['reason'] or 'unknown reason'}"
+        word = "ready" if snapshot["ok"] else "failed"
+        footer = (f"<div>{esc(snapshot['name'])} {word} after {snapshot['elapsed_s']:.1f} s"
+                  f"{esc(reason)}</div>")
     else:
         footer = f"<div>{esc(snapshot['name'])} starting… {snapshot['elapsed_s']:.1f} s</div>"
     table = f"<table>{''.join(rows)}</table>" if rows else ""

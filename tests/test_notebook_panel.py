@@ -268,7 +268,8 @@ def test_progress_bars_follow_the_phases_and_fold_when_ready(scripted: Panel) ->
     failing.update("b/0", "failed", detail="RuntimeError: boom")
     failing.finish(False, "executor 'b' replica 0 failed: RuntimeError: boom")
     page = scripted.progress_html.value
-    assert phase("b") == "failed" and "failed: executor &#x27;b&#x27; replica 0 failed: RuntimeError: boom" in page
+    assert phase("b") == "failed" and re.search(r"scripted failed after \d+\.\d s: executor &#x27;b&#x27; replica 0 failed: "
+                                                  r"RuntimeError: boom</div>", page)
     scripted.close()
     assert not failing._listeners  # closing the panel unsubscribes it
 
@@ -345,6 +346,29 @@ def test_panel_shows_progress_picture_and_plots_of_a_real_flow() -> None:
         assert p50 and min(p50) >= 30.0 and max(p99) >= min(p50)
         assert max(r for r in data["slow"]["rps"] if r is not None) > 0
         assert "<b>slow</b>" in panel.metrics_html.value and "<b>sleepy</b>" in panel.metrics_html.value
+    finally:
+        flow.close()
+        panel.stop()
+
+
+def test_panel_shows_why_a_start_without_waiting_failed() -> None:
+    """A replica that raises in __init__: the panel's progress ends red with the replica's error, the
+    header says failed, and the refresh thread ends."""
+    from orchestra_nb.errors import ExecutorStartupError
+    from tests.executors import BrokenInit
+
+    flow = Flow(name=f"panel-broken-{os.getpid()}").add(uses=BrokenInit, name="broken")
+    flow.start(wait=False)
+    panel = Panel(flow, interval=0.2, min_gap=0.05)
+    try:
+        with pytest.raises(ExecutorStartupError):
+            flow.wait_ready(timeout=60)
+        poll_for(lambda: "failed after" in panel.progress_html.value, timeout=10, what="the progress to end")
+        page = panel.progress_html.value
+        assert "data-executor='broken' data-phase='failed'" in page
+        assert "cannot load the model: weights missing" in page  # the replica's own error, in the bar
+        poll_for(lambda: not panel.running, timeout=10, what="the refresh thread to end")
+        assert 'data-state="failed"' in panel.header.value
     finally:
         flow.close()
         panel.stop()

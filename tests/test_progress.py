@@ -231,7 +231,7 @@ def test_progress_html_for_the_panel() -> None:
     model.update("enc/1", "failed")
     model.finish(False, "<boom>")
     page = progress_html(model.snapshot())
-    assert "search failed: &lt;boom&gt; after 1.2 s" in page
+    assert "search failed after 1.2 s: &lt;boom&gt;" in page
     assert "#d9534f" in page  # the failed executor's bar is red
 
 

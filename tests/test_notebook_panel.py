@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -372,3 +374,22 @@ def test_panel_shows_why_a_start_without_waiting_failed() -> None:
     finally:
         flow.close()
         panel.stop()
+
+
+def test_a_burst_of_log_lines_is_rendered_a_few_times_not_per_line() -> None:
+    flow = Flow(name="burst").add(name="a")
+    panel = Panel(flow, min_gap=0.25)
+    renders: list[str] = []
+    panel.log_html.observe(lambda change: renders.append(change["new"]), names="value")
+    try:
+        t0 = time.monotonic()
+        pace = threading.Event()
+        for i in range(2000):  # lines keep arriving for about a second, as from a chatty replica
+            panel.add_line("a/0", f"12:00:00 INFO    line {i}")
+            if i % 20 == 19:
+                pace.wait(0.01)
+        poll_for(lambda: "line 1999" in panel.log_html.value, timeout=10, what="the last line in the Logs tab")
+        elapsed = time.monotonic() - t0
+        assert 1 <= len(renders) <= elapsed / 0.25 + 2, (len(renders), elapsed)
+    finally:
+        panel.close()

@@ -294,3 +294,22 @@ def test_kernel_sigkill_leaves_no_process() -> None:
         poll_for(lambda: not ours(name), timeout=5, what="no process of ours 5 s after SIGKILL of the kernel")
     finally:
         k.shutdown()
+
+
+def test_kernel_restart_leaves_no_process_and_the_flow_starts_again() -> None:
+    """Jupyter's "Restart kernel": the old kernel's Flow goes, and the same cells run again."""
+    name = f"nbk-{RUN}-restart"
+    k = Kernel()
+    try:
+        k.run(SETUP)
+        k.run(start_cell(name))
+        first = ours(name)
+        assert len(first) == 2
+        k.km.restart_kernel(now=False)
+        k.kc.wait_for_ready(timeout=60)
+        poll_for(lambda: not ours(name), timeout=5, what="no process of ours 5 s after a kernel restart")
+        k.run(SETUP)
+        out, _ = k.run(start_cell(name))
+        assert out.startswith("['HI']") and len(ours(name)) == 2 and not set(first) & set(ours(name))
+    finally:
+        k.shutdown()

@@ -9,8 +9,9 @@ The meta JSON is ``{"docs": [...], "bufs": [[offset, nbytes], ...]}``; inside th
 (bool, integers, floats, complex) are accepted, so decoding can never build an object array, and nothing
 is ever unpickled: a payload that does not start with the magic is refused with a WireError.
 
-Decoding copies the payload once into a bytearray so that arrays come back writable; the arrays are views
-into that copy. The gateway mostly forwards payloads without calling this module at all.
+Decoding copies the payload once into a bytearray so that arrays come back writable (unless it is given
+a writable memoryview, e.g. a frame the stream hop read into its own buffer); the arrays are views into
+that buffer. The gateway mostly forwards payloads without calling this module at all.
 """
 
 from __future__ import annotations
@@ -137,7 +138,12 @@ def decode(data: bytes | memoryview) -> list[Any]:
     bufs = meta.get("bufs", [])
     if not isinstance(bufs, list):
         raise WireError("the docs payload meta has an invalid 'bufs' table")
-    owned = bytearray(data) if bufs else bytearray()
+    if not bufs:
+        owned: bytearray | memoryview = bytearray()
+    elif isinstance(data, memoryview) and not data.readonly:
+        owned = data  # already our own writable copy (a frame read off a socket): decode in place
+    else:
+        owned = bytearray(data)  # one copy, so that the arrays come back writable
     view = memoryview(owned)
     total = len(owned)
 

@@ -60,7 +60,7 @@ def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def deserialize(data: bytes) -> Frame:
+def deserialize(data: bytes | bytearray | memoryview) -> Frame:
     view = memoryview(data)
     frame = Frame()
     pos = 0

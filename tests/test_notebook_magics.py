@@ -91,3 +91,40 @@ def test_line_commands_on_a_running_flow(tmp_path: Path, capsys: pytest.CaptureF
             m.line("scale f up 1")
     finally:
         f.close()
+
+
+def test_tunnel_option_exposes_and_the_panel_shows_the_public_url(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`%%orchestra NAME --tunnel` (ngrok faked at the binary: the one thing that cannot exist here):
+    the public URL and a curl line carrying the token reach the Endpoints tab."""
+    pytest.importorskip("pyngrok")
+    pytest.importorskip("ipywidgets")
+    from orchestra_nb.notebook.panel import Panel
+    from orchestra_nb.notebook.tunnel import tunnel_of
+    from tests import fake_ngrok
+    from tests.test_auth import http_call
+
+    monkeypatch.setenv("NGROK_AUTHTOKEN", "ngrok-authtoken-for-tests")
+    monkeypatch.setenv("PYNGROK_NGROK_PATH", str(fake_ngrok.install(tmp_path)))
+    monkeypatch.setenv("FAKE_NGROK_RECORD", str(tmp_path / "ngrok-starts.jsonl"))
+    m = magics()
+    body = BODY.format(name="magic-tunnel", uses="Upper").replace("jtype: Flow\nwith: {name: magic-tunnel}",
+                                                                  "jtype: Flow\nwith: {name: magic-tunnel, "
+                                                                  "protocol: [grpc, http]}")
+    m.cell("t --no-panel --tunnel", body)
+    t = m.shell.user_ns["t"]
+    try:
+        tunnel = tunnel_of(t)
+        assert tunnel is not None and tunnel.provider == "ngrok"
+        status, data = http_call(tunnel.url, "/post", {"on": "/up", "docs": [{"text": "pub"}]},
+                                 headers={"Authorization": f"Bearer {tunnel.token}"})
+        assert (status, [d["text"] for d in data["docs"]]) == (200, ["PUB"])
+        panel = Panel(t, start=False)
+        try:
+            eps = panel.endpoints_html.value
+            assert f">{tunnel.url}</a>" in eps  # a link the user can click
+            assert f"Bearer {tunnel.token}" in eps and f"{tunnel.url.rstrip('/')}/post" in eps
+        finally:
+            panel.close()
+    finally:
+        t.close()

@@ -24,7 +24,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from orchestra_nb.wire.frame import Frame, deserialize, serialize
+from orchestra_nb.wire.frame import Frame, deserialize, serialize_parts
 
 __all__ = ["StreamChannel", "StreamError", "serve_stream"]
 
@@ -36,14 +36,17 @@ class StreamError(ConnectionError):
     """The connection to a replica broke or could not be made."""
 
 
-def _send(transport: asyncio.WriteTransport, request_id: int, data: bytes) -> None:
-    """One frame; a small one in a single write (one send() call), a large one without copying it."""
-    head = _HEAD.pack(len(data), request_id)
-    if len(data) < _SCRATCH:
-        transport.write(head + data)
+def _send(transport: asyncio.WriteTransport, request_id: int, frame: Frame) -> None:
+    """One frame; a small one in a single write (one send() call), a large one without joining its
+    docs payload into a copy first."""
+    prefix, docs = serialize_parts(frame)
+    size = len(prefix) + (docs.nbytes if isinstance(docs, memoryview) else len(docs))
+    head = _HEAD.pack(size, request_id)
+    if size < _SCRATCH:
+        transport.write(b"".join((head, prefix, docs)))
     else:
-        transport.write(head)
-        transport.write(data)
+        transport.write(head + prefix)
+        transport.write(docs)
 
 
 class _FrameProtocol(asyncio.BufferedProtocol):
@@ -128,7 +131,7 @@ class _ServerProtocol(_FrameProtocol):
         task.add_done_callback(self.tasks.discard)
 
     async def answer(self, request_id: int, body: bytearray) -> None:
-        reply = serialize(await self.handle(deserialize(body)))
+        reply = await self.handle(deserialize(body))
         if self.transport is not None and not self.transport.is_closing():
             _send(self.transport, request_id, reply)
 
@@ -211,7 +214,7 @@ class StreamChannel:
         future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         protocol.pending[request_id] = future
         try:
-            _send(transport, request_id, serialize(request))
+            _send(transport, request_id, request)
         except (ConnectionError, OSError, RuntimeError) as exc:
             protocol.pending.pop(request_id, None)
             raise StreamError(f"sending to {self.path} failed: {exc}") from None

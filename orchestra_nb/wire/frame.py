@@ -14,7 +14,7 @@ from __future__ import annotations
 from orchestra_nb.errors import WireError
 from orchestra_nb.wire._generated.orchestra_pb2 import Header
 
-__all__ = ["Frame", "deserialize", "serialize"]
+__all__ = ["Frame", "deserialize", "serialize", "serialize_parts"]
 
 
 class Frame:
@@ -39,11 +39,17 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def serialize(frame: Frame) -> bytes:
+def serialize_parts(frame: Frame) -> tuple[bytes, bytes | memoryview]:
+    """The encoding as (everything before the docs, the docs), for writers that need no joined copy."""
     header = frame.header.SerializeToString()
     docs = frame.docs
     size = docs.nbytes if isinstance(docs, memoryview) else len(docs)
-    return b"".join((b"\x0a", _varint(len(header)), header, b"\x12", _varint(size), docs))
+    return b"".join((b"\x0a", _varint(len(header)), header, b"\x12", _varint(size))), docs
+
+
+def serialize(frame: Frame) -> bytes:
+    prefix, docs = serialize_parts(frame)
+    return prefix + docs if isinstance(docs, bytes) else b"".join((prefix, docs))
 
 
 def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:

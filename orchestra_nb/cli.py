@@ -211,8 +211,10 @@ def _flow_spec_of(uses: str, context: tuple[str, ...]) -> tuple[Any, str]:
 @click.option("--name", default=None, help="Which executor of the YAML (optional when it has one).")
 @click.option("--port", type=int, default=None, help="gRPC port of this replica.")
 @click.option("--host", default=None, help="Interface to listen on (default: the spec's host).")
-@click.option("--replica-id", type=int, default=0, show_default=True)
-@click.option("--shard-id", type=int, default=0, show_default=True)
+@click.option("--replica-id", type=int, default=0, show_default=True,
+              help="Which replica this process is (its logs and runtime_args say so).")
+@click.option("--shard-id", type=int, default=0, show_default=True,
+              help="Which shard this process serves.")
 def executor(uses: str, context: tuple[str, ...], name: str | None, port: int | None, host: str | None,
              replica_id: int, shard_id: int) -> None:
     """Run one executor replica in this process.
@@ -294,7 +296,8 @@ def _addresses(values: tuple[str, ...], spec: Any) -> dict[str, list[list[str]]]
               help="Protocols to serve (repeatable; default: the spec's).")
 @click.option("--host", default=None, help="Interface to listen on (default: the spec's host).")
 @click.option("--executor-address", "executor_address", multiple=True, metavar="NAME=HOST:PORT",
-              help="Where an executor's replica listens (repeatable; once per replica).")
+              help="Where an executor's replica listens, NAME=HOST:PORT or NAME/shardN=HOST:PORT for "
+                   "a sharded one (repeatable; once per replica).")
 def gateway(uses: str, context: tuple[str, ...], port: tuple[int, ...], protocol: tuple[str, ...],
             host: str | None, executor_address: tuple[str, ...]) -> None:
     """Run a Flow's gateway in this process.

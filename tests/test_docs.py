@@ -225,6 +225,31 @@ def test_ping_script(workdir: Path) -> None:
     assert "healthy (HTTP 200)" in stdout
 
 
+def test_cli_page_lists_every_command_and_option() -> None:
+    """docs/cli.md keeps up with the `orchestra` command: each subcommand and each of its options."""
+    import click
+
+    from orchestra_nb.cli import cli
+
+    page = (DOCS / "cli.md").read_text()
+    missing = []
+
+    def walk(group: click.Group, prefix: str) -> None:
+        for name, command in group.commands.items():
+            if f"{prefix} {name}" not in page:
+                missing.append(f"{prefix} {name}")
+            if isinstance(command, click.Group):
+                walk(command, f"{prefix} {name}")
+                continue
+            for param in command.params:
+                for opt in getattr(param, "opts", []):
+                    if opt.startswith("--") and opt != "--help" and f"`{opt}" not in page:
+                        missing.append(f"{prefix} {name} {opt}")
+
+    walk(cli, "orchestra")
+    assert missing == [], f"docs/cli.md does not mention: {missing}"
+
+
 # ---- the site builds --------------------------------------------------------------------------------
 def test_schema_tables_list_every_key() -> None:
     sys.path.insert(0, str(SNIPPETS))

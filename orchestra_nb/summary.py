@@ -6,15 +6,19 @@ figure. The private-network address is only shown when the gateway listens on ev
 (`host='0.0.0.0'`): an address that would refuse connections is worse than none, so a gateway bound
 to 127.0.0.1 says how to open it instead. The address is found by asking the kernel which source address
 a UDP socket would use (no packet is sent), which needs no extra dependency.
+
+With a `log_config` whose handlers write JSON, the summary is one log record (`summary_line`) rather
+than a panel on stdout: whoever collects the output of that process parses every line as JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from typing import Any
 
-__all__ = ["addresses", "print_summary", "private_ip", "render_summary"]
+__all__ = ["addresses", "print_summary", "private_ip", "render_summary", "summary_line"]
 
 _ANY = ("0.0.0.0", "", "::")
 
@@ -90,8 +94,34 @@ def render_summary(orch: Any) -> Any:
                  border_style="green", expand=False)
 
 
+def summary_line(orch: Any) -> str:
+    """The summary as one line, for logs that must stay machine-readable."""
+    parts = []
+    for row in addresses(orch):
+        where = [str(row["local"])] + [str(row[k]) for k in ("private", "public") if row[k]]
+        parts.append(f"{row['protocol']} " + " ".join(where))
+    http = next((r for r in addresses(orch) if r["protocol"] == "http"), None)
+    if http is not None:
+        parts.append(f"OpenAPI docs {http['public'] or http['local']}/docs")
+        if orch.flow_spec().gateway.metrics:
+            parts.append(f"metrics {http['local']}/metrics")
+    return f"{type(orch).__name__} {orch.name!r} is ready to serve: " + ", ".join(parts)
+
+
+def _json_logging() -> bool:
+    from orchestra_nb.logconfig import JsonFormatter
+
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
 def print_summary(orch: Any, console: Any = None) -> None:
-    """Print the panel (to stdout by default)."""
+    """Print the panel (to stdout by default); with a JSON log_config, log it as one record instead,
+    so that every line the process writes stays valid JSON."""
+    if console is None and _json_logging():
+        from orchestra_nb.logs import get_logger
+
+        get_logger().info("%s", summary_line(orch))
+        return
     from rich.console import Console
 
     (console or Console()).print(render_summary(orch))

@@ -300,13 +300,14 @@ def test_start_up_summary_lists_every_address() -> None:
     from rich.console import Console
 
     from orchestra_nb import Flow
-    from orchestra_nb.summary import addresses, private_ip, render_summary
+    from orchestra_nb.summary import addresses, private_ip, render_summary, summary_line
 
     with Flow(name="summary", protocol=["grpc", "http"], host="0.0.0.0", metrics=True).add(name="e") as flow:
         console = Console(record=True, width=200)
         console.print(render_summary(flow))
         text = console.export_text()
         rows = addresses(flow)
+        line = summary_line(flow)
     grpc_port, http_port = flow.ports["grpc"], flow.ports["http"]
     assert f"grpc://127.0.0.1:{grpc_port}" in text and f"http://127.0.0.1:{http_port}" in text
     assert f"http://127.0.0.1:{http_port}/docs" in text and f"http://127.0.0.1:{http_port}/metrics" in text
@@ -314,3 +315,6 @@ def test_start_up_summary_lists_every_address() -> None:
     ip = private_ip()
     assert [r["private"] for r in rows] == ([f"grpc://{ip}:{grpc_port}", f"http://{ip}:{http_port}"] if ip else [None, None])
     assert [r["public"] for r in rows] == [None, None]
+    assert line.startswith("Flow 'summary' is ready to serve: grpc grpc://127.0.0.1:") and "\n" not in line
+    assert f"OpenAPI docs http://127.0.0.1:{http_port}/docs" in line
+    assert f"metrics http://127.0.0.1:{http_port}/metrics" in line

@@ -15,6 +15,7 @@ from orchestra_nb import Doc, Flow
 from orchestra_nb.errors import ConfigError
 from orchestra_nb.logconfig import JsonFormatter, apply_log_config
 from orchestra_nb.logs import ContextFilter
+from tests.helpers import poll_for
 from tests.test_cli import EXAMPLES, OrchestraProcess
 
 JSON_CONFIG = EXAMPLES / "logging.json.yml"
@@ -142,7 +143,10 @@ def test_flow_log_config_applies_in_every_child(capfd: pytest.CaptureFixture[str
 def test_cli_with_json_config_writes_only_json_lines() -> None:
     proc = OrchestraProcess("flow", "--uses", str(EXAMPLES / "flow-json-logs.yml"))
     try:
-        proc.wait_ready()
+        # the start-up summary is a JSON record too, not a panel on stdout
+        poll_for(lambda: proc.proc.poll() is None and any("is ready to serve: grpc grpc://" in line
+                                                          for line in proc.stderr),
+                 timeout=60, what="the start-up summary as a JSON record")
         assert proc.stop(signal.SIGINT) == 0
         proc.close()
         records = [json.loads(line) for line in proc.stderr if line.strip()]
@@ -152,6 +156,7 @@ def test_cli_with_json_config_writes_only_json_lines() -> None:
     finally:
         proc.close()
     assert records, proc.output()
+    assert [line for line in proc.stdout if line.strip()] == []  # every line of the process is JSON
     assert all(set(r) >= FIELDS and r["executor"] for r in records), records
     executors = {r["executor"] for r in records}
     assert {"upper", "gateway", "shout-json"} <= executors

@@ -140,3 +140,20 @@ def test_kubernetes_token_lives_in_a_secret(tmp_path: Path) -> None:
     env = _container(objs[("Deployment", "gateway")])["env"]
     assert {"name": "ORCHESTRA_GATEWAY_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": "gateway-token", "key": "token"}}} in env
+
+
+def test_kubernetes_shards_each_run_the_executors_replicas(tmp_path: Path) -> None:
+    flow = Flow(name="grid").add(uses=Shout, name="enc", shards=2, replicas=3, gpus=1)
+    flow.to_kubernetes_yaml(str(tmp_path / "k8s"))
+    files = _objects(tmp_path / "k8s")
+    _validate_all(files)
+    objs = _by_kind(files)
+    for shard in range(2):
+        deployment = objs[("Deployment", f"enc-{shard}")]
+        assert deployment["spec"]["replicas"] == 3
+        assert _container(deployment)["command"][-2:] == ["--shard-id", str(shard)]
+        assert _container(deployment)["resources"] == {"limits": {"nvidia.com/gpu": 1}}
+        assert objs[("Service", f"enc-{shard}")]["spec"]["selector"] == {"app": f"enc-{shard}"}
+    command = _container(objs[("Deployment", "gateway")])["command"]
+    assert [command[i + 1] for i, a in enumerate(command) if a == "--executor-address"] == [
+        "enc/shard0=enc-0.grid.svc:8081", "enc/shard1=enc-1.grid.svc:8081"]

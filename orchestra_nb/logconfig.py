@@ -41,7 +41,8 @@ from typing import Any
 
 from orchestra_nb.errors import ConfigError
 
-__all__ = ["HANDLERS", "JsonFormatter", "PlainFormatter", "apply_log_config", "read_log_config"]
+__all__ = ["HANDLERS", "JsonFormatter", "PlainFormatter", "apply_log_config", "check_log_config",
+           "read_log_config"]
 
 HANDLERS = ("FileHandler", "RichHandler", "StreamHandler", "SysLogHandler")
 FORMATTERS = ("JsonFormatter", "PlainFormatter")
@@ -116,10 +117,48 @@ def read_log_config(log_config: str | dict[str, Any]) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             data = yaml.safe_load(f)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"log_config {path} is not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: log_config is not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"log_config {path} must be a mapping with `handlers:`, got {data!r}")
     return data
+
+
+def check_log_config(log_config: str | dict[str, Any]) -> None:
+    """Raise the ConfigError that `apply_log_config` would, without touching logging or opening files
+    (YAML loading calls it, so a bad file is reported with the Flow YAML's file:line before a start)."""
+    data = read_log_config(log_config)
+    if "version" in data:
+        return
+    unknown = set(data) - {"handlers", "level", "configs"}
+    if unknown:
+        raise ConfigError(f"log_config: unknown key(s) {sorted(unknown)}; valid: ['configs', 'handlers', "
+                          "'level'] (or a logging.config dict with `version: 1`)")
+    names = data.get("handlers") or ["StreamHandler"]
+    configs = data.get("configs") or {}
+    if not isinstance(configs, dict):
+        raise ConfigError(f"log_config: `configs` must map handler names to options, got {configs!r}")
+    for name in [names] if isinstance(names, str) else names:
+        if name not in HANDLERS:
+            close = difflib.get_close_matches(str(name), HANDLERS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"log_config: unknown handler {name!r}; {hint}use any of {list(HANDLERS)}")
+        cfg = configs.get(name) or {}
+        unknown = set(cfg) - _HANDLER_KEYS[name]
+        if unknown:
+            raise ConfigError(f"log_config: unknown option(s) {sorted(unknown)} for {name}; valid: "
+                              f"{sorted(_HANDLER_KEYS[name])}")
+        formatter = cfg.get("formatter")
+        if formatter is not None and formatter not in FORMATTERS:
+            close = difflib.get_close_matches(str(formatter), FORMATTERS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"log_config: unknown formatter {formatter!r}; {hint}use one of {list(FORMATTERS)}")
+    level = data.get("level")
+    if level is not None and not isinstance(logging.getLevelName(str(level).upper()), int):
+        raise ConfigError(f"log_config: unknown level {str(level).upper()!r}; use DEBUG, INFO, WARNING, "
+                          "ERROR or CRITICAL")
 
 
 def _formatter(name: str, fmt: str, raw: str) -> logging.Formatter:

@@ -13,7 +13,7 @@ import pytest
 
 from orchestra_nb import Doc, Flow
 from orchestra_nb.errors import ConfigError
-from orchestra_nb.logconfig import JsonFormatter, apply_log_config
+from orchestra_nb.logconfig import JsonFormatter, apply_log_config, check_log_config
 from orchestra_nb.logs import ContextFilter
 from tests.helpers import poll_for
 from tests.test_cli import EXAMPLES, OrchestraProcess
@@ -124,6 +124,11 @@ def test_dict_config_is_passed_through(root_logger: logging.Logger, capsys: pyte
     ("/nonexistent/logging.yml", "/nonexistent/logging.yml does not exist"),
 ])
 def test_config_errors_say_what_to_fix(root_logger: logging.Logger, config: object, hint: str) -> None:
+    handlers = list(root_logger.handlers)
+    with pytest.raises(ConfigError) as checked:  # what YAML loading runs: the same error, no side effect
+        check_log_config(config)  # type: ignore[arg-type]
+    assert hint in str(checked.value)
+    assert root_logger.handlers == handlers
     with pytest.raises(ConfigError) as info:
         apply_log_config(config, ContextFilter("a", None))  # type: ignore[arg-type]
     assert hint in str(info.value)

@@ -479,6 +479,12 @@ def _resolve_log_config(value: Any, path: Path, src: _Source) -> str | None:
     full = os.path.normpath(os.path.join(src.base_dir, os.path.expanduser(value)))
     if not os.path.isfile(full):
         src.fail(path, f"log_config file {value!r} not found: {full} does not exist")
+    from orchestra_nb.logconfig import check_log_config
+
+    try:
+        check_log_config(full)
+    except ConfigError as exc:
+        src.fail(path, f"{value!r}: {exc}")
     return full
 
 

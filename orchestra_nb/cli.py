@@ -160,7 +160,7 @@ def _serve(kind: str, uses: str, context: tuple[str, ...], port: tuple[int, ...]
 _uses = click.option("--uses", required=True, metavar="YAML", help="The YAML file (or YAML text).")
 _ctx = click.option("--context", multiple=True, metavar="KEY=VALUE",
                     help="A value for ${{ CONTEXT.KEY }} in the YAML (repeatable).")
-_port = click.option("--port", type=int, multiple=True, help="Gateway port, one per protocol (repeatable).")
+_port = click.option("--port", type=click.IntRange(0, 65535), multiple=True, help="Gateway port, one per protocol (repeatable).")
 _protocol = click.option("--protocol", type=click.Choice(["grpc", "http"], case_sensitive=False),
                          multiple=True, help="Gateway protocol (repeatable).")
 _host = click.option("--host", default=None, help="Interface the gateway listens on (0.0.0.0 for all).")
@@ -209,7 +209,7 @@ def _flow_spec_of(uses: str, context: tuple[str, ...]) -> tuple[Any, str]:
 @_uses
 @_ctx
 @click.option("--name", default=None, help="Which executor of the YAML (optional when it has one).")
-@click.option("--port", type=int, default=None, help="gRPC port of this replica.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="gRPC port of this replica.")
 @click.option("--host", default=None, help="Interface to listen on (default: the spec's host).")
 @click.option("--replica-id", type=int, default=0, show_default=True,
               help="Which replica this process is (its logs and runtime_args say so).")
@@ -291,7 +291,7 @@ def _addresses(values: tuple[str, ...], spec: Any) -> dict[str, list[list[str]]]
 @cli.command()
 @_uses
 @_ctx
-@click.option("--port", type=int, multiple=True, help="Port, one per protocol, in order (repeatable).")
+@click.option("--port", type=click.IntRange(0, 65535), multiple=True, help="Port, one per protocol, in order (repeatable).")
 @click.option("--protocol", type=click.Choice(["grpc", "http"], case_sensitive=False), multiple=True,
               help="Protocols to serve (repeatable; default: the spec's).")
 @click.option("--host", default=None, help="Interface to listen on (default: the spec's host).")

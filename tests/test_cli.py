@@ -274,6 +274,8 @@ def test_version_ping_and_wrong_kind() -> None:
                                 "--port", "3"])
     assert ports.exit_code == 1 and "3 port(s) for 2 protocol(s)" in ports.output
     assert "Value error" not in ports.output and "pydantic" not in ports.output
+    too_big = runner.invoke(cli, ["flow", "--uses", str(EXAMPLES / "flow.yml"), "--port", "99999", "--port", "1"])
+    assert too_big.exit_code == 2 and "99999 is not in the range 0<=x<=65535" in too_big.output
     wrong = runner.invoke(cli, ["flow", "--uses", str(EXAMPLES / "deployment.yml")])
     assert wrong.exit_code == 1 and "orchestra deployment --uses" in wrong.output
     bad_context = runner.invoke(cli, ["flow", "--uses", str(EXAMPLES / "flow.yml"), "--context", "novalue"])

@@ -42,7 +42,7 @@ from rich.progress import (
 from rich.text import Text
 
 __all__ = ["FAILED", "PHASES", "ConsoleProgress", "ReplicaProgress", "StartupProgress", "executor_of",
-           "progress_html"]
+           "progress_html", "progress_text"]
 
 PHASES = ("spawning", "importing", "loading", "serving", "ready")
 FAILED = "failed"
@@ -215,6 +215,21 @@ def progress_html(snapshot: dict[str, Any], *, bars: bool = True) -> str:
         footer = f"<div>{esc(snapshot['name'])} starting… {snapshot['elapsed_s']:.1f} s</div>"
     table = f"<table>{''.join(rows)}</table>" if rows else ""
     return f"<div class='orchestra-progress'>{table}{footer}</div>"
+
+
+def progress_text(snapshot: dict[str, Any]) -> str:
+    """The same as `progress_html` in plain text (the `text/plain` of a notebook output)."""
+    lines = []
+    for name, ex in snapshot["executors"].items():
+        detail = f" ({ex['detail']})" if ex.get("detail") else ""
+        lines.append(f"{name:<16} {ex['ready']}/{ex['replicas']} ready  {ex['phase']} {ex['phase_s']:.1f} s{detail}")
+    if snapshot["finished"]:
+        reason = "" if snapshot["ok"] else f": {snapshot['reason'] or 'unknown reason'}"
+        lines.append(f"{snapshot['name']} {'ready' if snapshot['ok'] else 'failed'} after "
+                     f"{snapshot['elapsed_s']:.1f} s{reason}")
+    else:
+        lines.append(f"{snapshot['name']} starting… {snapshot['elapsed_s']:.1f} s")
+    return "\n".join(lines)
 
 
 # ---- rich console ---------------------------------------------------------------------------------

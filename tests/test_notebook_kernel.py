@@ -8,6 +8,7 @@ title (`orchestra-nb: <flow>/<executor>/<replica>`), so other test sessions on t
 from __future__ import annotations
 
 import os
+import re
 import signal
 import textwrap
 import time
@@ -313,3 +314,71 @@ def test_kernel_restart_leaves_no_process_and_the_flow_starts_again() -> None:
         assert out.startswith("['HI']") and len(ours(name)) == 2 and not set(first) & set(ours(name))
     finally:
         k.shutdown()
+
+
+def _progress_messages(kernel: Kernel, code: str) -> list[str]:
+    """Run `code`; return the text/plain of each display and in-place update it published, in order."""
+    seen: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] in ("display_data", "update_display_data") and "orchestra-progress" in \
+                msg["content"]["data"].get("text/html", ""):
+            seen.append(msg["content"]["data"]["text/plain"])
+        assert msg["msg_type"] != "error", "\n".join(msg["content"]["traceback"])
+
+    reply = kernel.kc.execute_interactive(textwrap.dedent(code), timeout=90, output_hook=hook)
+    assert reply["content"]["status"] == "ok"
+    return seen
+
+
+def _phases(texts: list[str], executor: str) -> list[str]:
+    shown = [m.group(1) for t in texts if (m := re.search(rf"^{executor}\s+\d/\d ready\s+(\w+)", t, re.M))]
+    return [p for i, p in enumerate(shown) if i == 0 or shown[i - 1] != p]
+
+
+def test_start_progress_is_shown_in_the_cell_while_it_blocks(kernel: Kernel) -> None:
+    """show_start_progress: one output, updated in place through the phases, ending with the time."""
+    texts = _progress_messages(kernel, f"""
+        from orchestra_nb.notebook.display import show_start_progress
+        from orchestra_nb.progress import StartupProgress
+        from orchestra_nb.runtime.supervisor import Supervisor
+        from tests.test_progress import Sleepy
+        spec = Flow(name='nbk-{RUN}-progress').add(uses=Sleepy, name='sleepy', uses_with={{'seconds': 1.5}}).flow_spec()
+        model = StartupProgress.for_spec(spec)
+        sup = Supervisor(spec, echo=False, on_phase=model.update)
+        end = show_start_progress(model, interval=0.2)
+        try:
+            sup.start()
+            model.finish(True)
+        finally:
+            end()
+            sup.close()
+    """)
+    phases = _phases(texts, "sleepy")
+    assert phases[0] == "waiting" and "loading" in phases and phases[-1] == "ready", phases
+    assert phases == [p for p in ("waiting", "spawning", "importing", "loading", "serving", "ready") if p in phases]
+    assert re.search(rf"nbk-{RUN}-progress ready after \d+\.\d s$", texts[-1]), texts[-1]
+    assert len([t for t in texts if "loading" in t]) >= 3  # the timer ticks while the model loads
+
+
+def _start_shows_progress_in_notebooks() -> bool:
+    import inspect
+
+    from orchestra_nb.orchestration.base import Orchestration
+
+    return "show_start_progress" in inspect.getsource(Orchestration)
+
+
+@pytest.mark.skipif(not _start_shows_progress_in_notebooks(),
+                    reason="Orchestration._show_progress does not call notebook.display.show_start_progress "
+                           "in a kernel yet (a blocking f.start() in a notebook is silent)")
+def test_blocking_start_in_a_cell_shows_its_progress(kernel: Kernel) -> None:
+    name = f"nbk-{RUN}-blocking"
+    texts = _progress_messages(kernel, f"""
+        from tests.test_progress import Sleepy
+        slow = Flow(name={name!r}).add(uses=Sleepy, name='sleepy', uses_with={{'seconds': 1.5}})
+        slow.start()
+        slow.close()
+    """)
+    assert "loading" in _phases(texts, "sleepy")
+    assert re.search(rf"{name} ready after \d+\.\d s$", texts[-1]), texts

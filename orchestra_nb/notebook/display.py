@@ -9,6 +9,13 @@ ourselves instead of calling the widget's own display hook, because ipywidgets 7
 `_ipython_display_` and ipywidgets 8 through `_repr_mimebundle_`; the model reference itself
 (`version_major` 2) is the same in both.
 
+`show_start_progress` is the notebook's counterpart of the console's live bars during a *blocking*
+`start()`: the panel only appears once the cell ends, so without it a cell that loads a model for a
+minute shows nothing. It publishes one output with a display id and updates it in place (an
+`update_display_data` message, which every frontend renders, widgets or not) on every phase change and
+on a slow tick for the timers; the updates come from background threads while the cell's own thread
+waits in start(), and ipykernel routes them to that cell's output.
+
 The snapshot never raises: a status call that fails (the orchestration is starting, closing, or the
 gateway is busy) degrades to the per-process states the supervisor holds.
 """
@@ -17,9 +24,11 @@ from __future__ import annotations
 
 import html
 import os
+import threading
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["endpoints", "ipython_display", "render_status_html", "repr_html", "snapshot"]
+__all__ = ["endpoints", "ipython_display", "render_status_html", "repr_html", "show_start_progress", "snapshot"]
 
 _STATE_COLOURS = {
     "ready": "#2e7d32", "starting": "#f9a825", "created": "#757575", "closing": "#f9a825",
@@ -186,3 +195,44 @@ def ipython_display(orch: Any) -> None:
         bundle["application/vnd.jupyter.widget-view+json"] = {
             "version_major": 2, "version_minor": 0, "model_id": widget.model_id}
     display(bundle, raw=True)  # type: ignore[no-untyped-call]
+
+
+def show_start_progress(model: Any, interval: float = 0.5) -> Callable[[], None]:
+    """Show a StartupProgress in the running cell's output, updated in place until the returned
+    function is called (which draws the final state and stops the updates)."""
+    from IPython.display import display
+
+    from orchestra_nb.progress import progress_html, progress_text
+
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def bundle() -> dict[str, str]:
+        snap = model.snapshot()
+        return {"text/html": progress_html(snap, bars=not (snap["finished"] and snap["ok"])),
+                "text/plain": progress_text(snap)}
+
+    handle = display(bundle(), raw=True, display_id=True)  # type: ignore[no-untyped-call]
+
+    def render(_model: Any = None) -> None:  # on a reader thread or the ticker: publish, never raise
+        with lock:
+            try:
+                handle.update(bundle(), raw=True)
+            except Exception:
+                pass
+
+    unsubscribe = model.subscribe(render)
+
+    def tick() -> None:  # the phase timers move while nothing else happens
+        while not stop.wait(interval):
+            render()
+
+    ticker = threading.Thread(target=tick, name="orchestra-nb-start-progress", daemon=True)
+    ticker.start()
+
+    def end() -> None:
+        stop.set()
+        unsubscribe()
+        ticker.join(5)
+        render()
+    return end

@@ -17,7 +17,13 @@ import pytest
 from rich.console import Console
 
 from orchestra_nb import Executor, Flow, requests
-from orchestra_nb.progress import PHASES, ConsoleProgress, StartupProgress, progress_html
+from orchestra_nb.progress import (
+    PHASES,
+    ConsoleProgress,
+    StartupProgress,
+    progress_html,
+    progress_text,
+)
 
 
 class Clock:
@@ -233,6 +239,24 @@ def test_progress_html_for_the_panel() -> None:
     page = progress_html(model.snapshot())
     assert "search failed after 1.2 s: &lt;boom&gt;" in page
     assert "#d9534f" in page  # the failed executor's bar is red
+
+
+def test_progress_text_says_the_same_in_plain_text() -> None:
+    clock = Clock()
+    model = StartupProgress("search", ["enc/0", "enc/1", "gateway"], clock=clock)
+    model.update("enc/0", "ready")
+    model.update("enc/1", "loading", detail="weights")
+    clock.tick(1.25)
+    assert progress_text(model.snapshot()).splitlines() == [
+        "enc              1/2 ready  loading 1.2 s (weights)",
+        "gateway          0/1 ready  waiting 1.2 s",
+        "search starting… 1.2 s"]
+    model.update("enc/1", "ready")
+    model.update("gateway", "ready")
+    model.finish(True)
+    assert progress_text(model.snapshot()).splitlines()[-1] == "search ready after 1.2 s"
+    assert progress_html(model.snapshot(), bars=False) == \
+        "<div class='orchestra-progress'><div>search ready after 1.2 s</div></div>"
 
 
 class Sleepy(Executor):

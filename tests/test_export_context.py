@@ -176,6 +176,7 @@ def test_cli_exports_a_flow_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.startswith("registry.example.com/team/cli-flow-enc:")
     assert "docker push" in (work / "cli-flow-build" / "build.sh").read_text()
+    assert "(cd cli-flow-build && sh build.sh), then: kubectl apply -f k8s" in result.output
 
 
 def test_cli_reports_a_missing_py_module_without_a_traceback(tmp_path: Path) -> None:

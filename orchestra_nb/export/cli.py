@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -105,4 +106,9 @@ def kubernetes(flow_yml: str, out_dir: str, k8s_namespace: str | None, image_pre
                            orchestra_requirement=orchestra_requirement)
     except OrchestraError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"wrote {out_dir}; build the images with its build.sh, then: kubectl apply -f {out_dir}")
+    from orchestra_nb.export.context import default_build_dir
+
+    build = Path(build_dir).resolve() if build_dir else default_build_dir(out_dir, spec)
+    script = os.path.relpath(build / "build.sh")
+    click.echo(f"wrote {out_dir}; build the images: (cd {os.path.dirname(script) or '.'} && sh build.sh), "
+               f"then: kubectl apply -f {out_dir}")

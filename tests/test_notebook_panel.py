@@ -180,7 +180,6 @@ def test_make_panel_is_cached_per_orchestration() -> None:
         widget.close()
 
 
-@pytest.mark.skipif(not callable(getattr(Flow, "scale", None)), reason="Flow.scale is not implemented yet")
 def test_scale_tab_calls_the_runtime() -> None:
     flow = Flow(name=f"panel-scale-{os.getpid()}").add(uses=Upper, name="up")
     with flow:
@@ -190,6 +189,15 @@ def test_scale_tab_calls_the_runtime() -> None:
             panel.scale("up")
             assert "2 replica" in panel.scale_message.value
             poll_for(lambda: len(flow.status()["executors"]["up"]) == 2, timeout=30, what="2 replicas of up")
+            panel.refresh()
+            assert "2 replicas" in panel.topology_html.value  # the picture is redrawn for the new count
+            panel.scale_inputs["up"].value = 5  # typed, not applied: a refresh keeps it
+            panel.refresh()
+            assert panel.scale_inputs["up"].value == 5
+            flow.scale("up", 1)  # scaled elsewhere (code, %orchestra scale): the box follows
+            panel.refresh()
+            assert panel.scale_inputs["up"].value == 1
+            assert "replicas" not in panel.topology_html.value
         finally:
             panel.close()
 

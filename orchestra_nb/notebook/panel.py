@@ -116,6 +116,7 @@ class Panel:
             ("Endpoints", w.VBox([self.endpoints_html])),
         ]
         self.scale_inputs: dict[str, Any] = {}
+        self._spec_replicas: dict[str, int] = {}  # what the Scale boxes last showed from the spec
         self.scale_message = w.HTML()
         if callable(getattr(orch, "scale", None)):
             rows = []
@@ -125,6 +126,7 @@ class Panel:
                 button = w.Button(description="apply")
                 button.on_click(lambda _b, name=name: self.scale(name))
                 self.scale_inputs[name] = box
+                self._spec_replicas[name] = ex.replicas
                 rows.append(w.HBox([box, button]))
             tabs.append(("Scale", w.VBox([*rows, self.scale_message])))
         self.tab = w.Tab(children=[t[1] for t in tabs])
@@ -161,6 +163,7 @@ class Panel:
         self.stop_button.disabled = snap["state"] in _FINAL_STATES
         if orch is not None:
             self._render_topology(orch, snap)
+            self._follow_scale(orch)
         if snap["executors"]:  # only a ready orchestration's status carries counters and latencies
             self.history.add(snap)
             self.metrics_html.value = latency_html(self.history)
@@ -185,6 +188,16 @@ class Panel:
         self.topology_html.value = _picture(spec, states)
         self._topology_key = key
         self.topology_renders += 1
+
+    def _follow_scale(self, orch: Any) -> None:
+        """A count changed elsewhere (`f.scale`, `%orchestra scale`) shows in its Scale box; a box
+        whose spec count did not change keeps what the user is typing."""
+        for ex in orch.flow_spec().executors:
+            name = ex.name or "executor"
+            box = self.scale_inputs.get(name)
+            if box is not None and self._spec_replicas.get(name) != ex.replicas:
+                self._spec_replicas[name] = ex.replicas
+                box.value = ex.replicas
 
     def _watch_progress(self, orch: Any) -> None:
         """Follow the StartupProgress of the orchestration's latest start() (a new one each time)."""

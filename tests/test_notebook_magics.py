@@ -67,6 +67,8 @@ def test_line_commands_on_a_running_flow(tmp_path: Path, capsys: pytest.CaptureF
         m.line("scale f up 2")
         assert "'up' of 'magic-lines' now runs 2 replica(s)" in capsys.readouterr().out
         assert len(f.status()["executors"]["up"]) == 2
+        m.line("status f")  # outside a kernel the display is its text/plain
+        assert "magic-lines" in capsys.readouterr().out
         m.line("logs f 5")
         assert "serving up" in capsys.readouterr().out
         m.line(f"export magic-lines yaml {tmp_path / 'f.yml'}")  # by the Flow's name, too

@@ -137,6 +137,15 @@ def _grpc_channel(target: str, tls: bool, ca_file: str | None, max_message: int,
     return module.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=root), options=options)
 
 
+def _verify(ca_file: str | None) -> Any:
+    """httpx's `verify`: an SSL context trusting `ca_file`, else the system's CAs."""
+    if ca_file is None:
+        return True
+    import ssl
+
+    return ssl.create_default_context(cafile=ca_file)
+
+
 class GrpcPoster:
     """Blocking gRPC posts without an event loop: grpcio's sync channel, with up to `prefetch`
     requests in flight as grpc futures. Sync `post()` calls use this: it saves the hop to a loop
@@ -242,7 +251,7 @@ class AsyncClient:
             scheme = "https" if self.tls else "http"
             headers = {"authorization": f"Bearer {self.token}"} if self.token else {}
             self._http = httpx.AsyncClient(base_url=f"{scheme}://{self.host}:{self.port}", headers=headers,
-                                           timeout=None, verify=self.ca_file or True)
+                                           timeout=None, verify=_verify(self.ca_file))
 
     async def close(self) -> None:
         if self._channel is not None:

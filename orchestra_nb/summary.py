@@ -49,7 +49,8 @@ def addresses(orch: Any) -> list[dict[str, str | None]]:
     local_host = "127.0.0.1" if spec.host in _ANY else spec.host
     rows: list[dict[str, str | None]] = []
     for protocol, port in orch.ports.items():
-        scheme = "grpc" if protocol == "grpc" else ("https" if spec.ssl_certfile else "http")
+        tls = bool(spec.ssl_certfile)
+        scheme = ("grpcs" if tls else "grpc") if protocol == "grpc" else ("https" if tls else "http")
         rows.append({
             "protocol": protocol,
             "local": f"{scheme}://{local_host}:{port}",

@@ -368,9 +368,7 @@ def tls_flow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Flow, P
         yield f, cert
 
 
-@pytest.mark.parametrize("protocol", ["grpc", pytest.param("http", marks=pytest.mark.xfail(
-    raises=DeprecationWarning, strict=True,
-    reason="client.py passes verify=<str> to httpx (deprecated); patch in the issue-7 audit report"))])
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_tls_front_door_needs_the_ca(tls_flow: tuple[Flow, Path], protocol: str) -> None:
     """The Client succeeds with the CA file and fails without it or without TLS; the Flow's own post
     trusts its certificate."""
@@ -388,8 +386,6 @@ def test_tls_front_door_needs_the_ca(tls_flow: tuple[Flow, Path], protocol: str)
         assert client.post("/upper", [Doc(text=protocol)]).texts == [protocol.upper()]
 
 
-@pytest.mark.xfail(strict=True, reason="summary.addresses() writes grpc:// for a TLS gRPC port; "
-                                       "patch in the issue-7 audit report")
 def test_tls_addresses_read_https_and_grpcs(tls_flow: tuple[Flow, Path]) -> None:
     from orchestra_nb.summary import addresses
 

@@ -130,6 +130,9 @@ class ChildProcess:
         elif kind == "failed":
             self.failure = event
             self.state = "failed"
+            # keep the reason with the output: tail() and f.logs() then say why a restart failed
+            for line in str(event.get("traceback") or event.get("message") or "").splitlines():
+                self.logs.append(line)
         elif kind == "stopped":
             self.state = "stopping"
         elif kind == "ack":

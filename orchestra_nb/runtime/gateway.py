@@ -24,7 +24,7 @@ from orchestra_nb._version import __version__
 from orchestra_nb.logs import get_logger
 from orchestra_nb.runtime.child import Status, install_stop_handler, on_control
 from orchestra_nb.runtime.topology import Router
-from orchestra_nb.runtime.worker import server_options
+from orchestra_nb.runtime.worker import STATUS_OK, server_options
 from orchestra_nb.spec.models import FlowSpec
 from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
 from orchestra_nb.wire.frame import Frame, deserialize, serialize
@@ -45,6 +45,7 @@ class Gateway:
         self.requests = 0
         self.token: str | None = spec.gateway.token
         self.metrics_port: int | None = None
+        self.tracing: Any = None  # orchestra_nb.tracing.Tracing with tracing=True
         self._admission = asyncio.Semaphore(spec.gateway.prefetch) if spec.gateway.prefetch else None
 
     async def control(self, message: dict[str, Any]) -> None:
@@ -79,6 +80,20 @@ class Gateway:
     async def call(self, request: Frame, context: Any) -> Frame:
         await self.authorize(context)
         self.requests += 1
+        if self.tracing is None:
+            return await self._admit(request)
+        # the caller's trace continues here: the Header's map, else gRPC metadata
+        carrier = dict(request.header.trace)
+        if not carrier and context is not None:
+            carrier = {k: v for k, v in context.invocation_metadata() or () if k in ("traceparent", "tracestate")}
+        endpoint = request.header.endpoint
+        with self.tracing.span(endpoint, carrier, kind="server", endpoint=endpoint) as span:
+            reply = await self._admit(request)
+            if reply.header.status != STATUS_OK:
+                self.tracing.error(span, reply.header.error.type, reply.header.error.message)
+            return reply
+
+    async def _admit(self, request: Frame) -> Frame:
         if self._admission is None:
             return await self.router.route(request)
         async with self._admission:  # back-pressure: at most `prefetch` requests in the graph at once
@@ -132,6 +147,11 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
         gateway.router.metrics = GatewayMetrics()
         serve_metrics(gateway.router.metrics.registry, host, config["metrics_port"])
         gateway.metrics_port = config["metrics_port"]
+    if config.get("tracing"):
+        from orchestra_nb.tracing import Tracing
+
+        gateway.tracing = gateway.router.tracing = Tracing(config["tracing"]["service"],
+                                                           config["tracing"]["endpoint"])
     grpc_server = None
     if "grpc" in gw.protocol:
         grpc_server = grpc.aio.server(options=server_options(gw.max_message_size))
@@ -195,4 +215,6 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
     if grpc_server is not None:
         await grpc_server.stop(grace=1.0)
     await gateway.router.close()
+    if gateway.tracing is not None:
+        gateway.tracing.shutdown()  # export what is queued
     status.send("stopped")

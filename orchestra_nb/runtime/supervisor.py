@@ -131,9 +131,15 @@ class Supervisor:
             "title": f"orchestra-nb: {self.spec.name}/{name}/{replica}" + (f"/shard{shard}" if ex.shards > 1 else ""),
             "log_name": name, "log_config": self.spec.log_config,
             "metrics_port": free_port(host) if self.spec.gateway.metrics else None,
+            "tracing": self._tracing(f"{name}/{replica}" + (f"/shard{shard}" if ex.shards > 1 else "")),
         }
         env = {**self.spec.env, **ex.env, **device_env}
         return config, env
+
+    def _tracing(self, who: str) -> dict[str, Any] | None:
+        """What a child needs to export spans (tracing=True): its service name and the OTLP endpoint."""
+        gw = self.spec.gateway
+        return {"service": f"{self.spec.name}/{who}", "endpoint": gw.traces_endpoint} if gw.tracing else None
 
     def _make_workers(self) -> None:
         self.workers = {}
@@ -152,7 +158,8 @@ class Supervisor:
         config = {"kind": "gateway", "spec": gateway_view(self.spec), "addresses": self.addresses,
                   "ports": self.ports, "host": gw.host, "title": f"orchestra-nb: {self.spec.name}/gateway",
                   "log_name": "gateway", "log_config": self.spec.log_config,
-                  "metrics_port": free_port(gw.host) if gw.metrics else None}
+                  "metrics_port": free_port(gw.host) if gw.metrics else None,
+                  "tracing": self._tracing("gateway")}
         self.gateway = ChildProcess("gateway", config, {**self.spec.env, **gw.env}, on_line=self._line,
                                     on_exit=self._exited, on_event=self._event)
 

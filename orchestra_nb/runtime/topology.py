@@ -104,6 +104,7 @@ class Router:
         self.spec = spec
         self.decoded = 0
         self.metrics: Any = None
+        self.tracing: Any = None  # orchestra_nb.tracing.Tracing with tracing=True
         self.floating_tasks: set[asyncio.Task[Any]] = set()
         self.nodes: dict[str, Node] = {}
         for ex in spec.executors:
@@ -269,6 +270,22 @@ class Router:
         return out
 
     async def _measured(self, node: Node, shard: list[Replica], request: Frame) -> Frame:
+        tracing = self.tracing
+        if tracing is None or request.header.endpoint == DRY_RUN:
+            return await self._hop(node, shard, request)
+        with tracing.span(f"hop {node.name}", kind="client", executor=node.name,
+                          endpoint=request.header.endpoint) as span:
+            hop = Frame(docs=request.docs)  # parallel branches share `request`: each hop gets its header
+            hop.header.CopyFrom(request.header)
+            hop.header.trace.clear()
+            tracing.inject(hop.header.trace)
+            reply = await self._hop(node, shard, hop)
+            if reply.header.status != STATUS_OK:
+                tracing.error(span, reply.header.error.type, reply.header.error.message)
+            reply.header.trace.clear()
+            return reply
+
+    async def _hop(self, node: Node, shard: list[Replica], request: Frame) -> Frame:
         metrics = self.metrics
         if metrics is None or request.header.endpoint == DRY_RUN:
             return await self._send(node, shard, request)

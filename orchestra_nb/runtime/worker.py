@@ -77,6 +77,7 @@ class WorkerServicer:
         self.pool = pool or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="orchestra-nb-executor")
         self.stop = stop
         self.stats = Stats()
+        self.tracing: Any = None  # orchestra_nb.tracing.Tracing with tracing=True
         self.metrics: Any = None
         self.metrics_port: int | None = None
         self.last_docs = 0
@@ -109,7 +110,10 @@ class WorkerServicer:
         if metrics is not None:
             metrics.inflight.labels(self.name).inc()
         try:
-            reply = await self._call(request)
+            if self.tracing is None or request.header.endpoint == "/_dry_run":
+                reply = await self._call(request)
+            else:
+                reply = await self._traced(request)
         finally:
             if metrics is not None:
                 metrics.inflight.labels(self.name).dec()
@@ -125,6 +129,15 @@ class WorkerServicer:
             else:
                 metrics.docs.labels(*labels).inc(self.last_docs)
         return reply
+
+    async def _traced(self, request: Frame) -> Frame:
+        endpoint = request.header.endpoint
+        with self.tracing.span(f"{self.name} {endpoint}", request.header.trace, kind="server",
+                               executor=self.name, endpoint=endpoint) as span:
+            reply = await self._call(request)
+            if reply.header.status != STATUS_OK:
+                self.tracing.error(span, reply.header.error.type, reply.header.error.message)
+            return reply
 
     async def _call(self, request: Frame) -> Frame:
         endpoint = request.header.endpoint
@@ -251,6 +264,10 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
         servicer.metrics = ExecutorMetrics()
         servicer.metrics_port = config["metrics_port"]
         serve_metrics(servicer.metrics.registry, config.get("host", "127.0.0.1"), config["metrics_port"])
+    if config.get("tracing"):
+        from orchestra_nb.tracing import Tracing
+
+        servicer.tracing = Tracing(config["tracing"]["service"], config["tracing"]["endpoint"])
     address = f"{config.get('host', '127.0.0.1')}:{config['port']}"
     port = server.add_insecure_port(address)
     await server.start()
@@ -273,4 +290,6 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
         await loop.run_in_executor(pool, executor.close)
     finally:
         servicer.pool.shutdown(wait=False)
+        if servicer.tracing is not None:
+            servicer.tracing.shutdown()  # export what is queued
     status.send("stopped")

@@ -137,6 +137,8 @@ class GatewaySpec(_Model):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     metrics: bool = False
+    tracing: bool = False
+    traces_endpoint: str | None = None
     cors: bool = False
     max_body_size: int = Field(default=DEFAULT_MAX_MESSAGE, gt=0)
     max_message_size: int = Field(default=DEFAULT_MAX_MESSAGE, gt=0)

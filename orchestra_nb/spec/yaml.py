@@ -135,8 +135,19 @@ def _read_source(source: str) -> tuple[str, str, str]:
         path = os.path.abspath(source)
         with open(path, encoding="utf-8") as f:
             return f.read(), source, os.path.dirname(path)
-    if looks_like_path:
-        raise ConfigError(f"YAML file {source!r} not found (looked for {os.path.abspath(source)})")
+    single = "\n" not in source and ":" not in source and not source.strip().startswith(("{", "["))
+    if looks_like_path or (single and (os.sep in source or os.path.exists(source))):
+        full = os.path.abspath(source)
+        if os.path.isdir(full):
+            raise ConfigError(f"{source!r} is a folder; give a Flow or Deployment YAML file")
+        folder = os.path.dirname(full)
+        near = sorted(n for n in os.listdir(folder) if n.endswith(_YAML_SUFFIXES)) if os.path.isdir(folder) else []
+        close = difflib.get_close_matches(os.path.basename(full), near, n=1)
+        hint = f"; did you mean {os.path.join(os.path.dirname(source), close[0])!r}?" if close else ""
+        raise ConfigError(f"YAML file {source!r} not found (looked for {full}){hint}")
+    if single:
+        raise ConfigError(f"{source!r} is neither a YAML file that exists (looked for {os.path.abspath(source)}) "
+                          "nor YAML text; give a path like flow.yml")
     return source, "<string>", os.getcwd()
 
 

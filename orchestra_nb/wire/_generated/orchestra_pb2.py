@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0forchestra.proto\x12\torchestra\"]\n\x05\x45rror\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\"\xed\x01\n\x06Header\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0ftarget_executor\x18\x03 \x01(\t\x12\x12\n\nparameters\x18\x04 \x01(\x0c\x12\x0e\n\x06status\x18\x05 \x01(\x05\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.orchestra.Error\x12/\n\x07results\x18\x07 \x03(\x0b\x32\x1e.orchestra.Header.ResultsEntry\x1a.\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\">\n\x0b\x44\x61taRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.orchestra.Header\x12\x0c\n\x04\x64ocs\x18\x02 \x01(\x0c\"\r\n\x0bInfoRequest\"\x1c\n\x0cInfoResponse\x12\x0c\n\x04info\x18\x01 \x01(\x0c\x32|\n\tOrchestra\x12\x36\n\x04\x43\x61ll\x12\x16.orchestra.DataRequest\x1a\x16.orchestra.DataRequest\x12\x37\n\x04Info\x12\x16.orchestra.InfoRequest\x1a\x17.orchestra.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0forchestra.proto\x12\torchestra\"]\n\x05\x45rror\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\x12\x10\n\x08\x65xecutor\x18\x04 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x05 \x01(\t\"\xc8\x02\n\x06Header\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x17\n\x0ftarget_executor\x18\x03 \x01(\t\x12\x12\n\nparameters\x18\x04 \x01(\x0c\x12\x0e\n\x06status\x18\x05 \x01(\x05\x12\x1f\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x10.orchestra.Error\x12/\n\x07results\x18\x07 \x03(\x0b\x32\x1e.orchestra.Header.ResultsEntry\x12+\n\x05trace\x18\x08 \x03(\x0b\x32\x1c.orchestra.Header.TraceEntry\x1a.\n\x0cResultsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a,\n\nTraceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\x0b\x44\x61taRequest\x12!\n\x06header\x18\x01 \x01(\x0b\x32\x11.orchestra.Header\x12\x0c\n\x04\x64ocs\x18\x02 \x01(\x0c\"\r\n\x0bInfoRequest\"\x1c\n\x0cInfoResponse\x12\x0c\n\x04info\x18\x01 \x01(\x0c\x32|\n\tOrchestra\x12\x36\n\x04\x43\x61ll\x12\x16.orchestra.DataRequest\x1a\x16.orchestra.DataRequest\x12\x37\n\x04Info\x12\x16.orchestra.InfoRequest\x1a\x17.orchestra.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_HEADER_RESULTSENTRY']._loaded_options = None
   _globals['_HEADER_RESULTSENTRY']._serialized_options = b'8\001'
+  _globals['_HEADER_TRACEENTRY']._loaded_options = None
+  _globals['_HEADER_TRACEENTRY']._serialized_options = b'8\001'
   _globals['_ERROR']._serialized_start=30
   _globals['_ERROR']._serialized_end=123
   _globals['_HEADER']._serialized_start=126
-  _globals['_HEADER']._serialized_end=363
-  _globals['_HEADER_RESULTSENTRY']._serialized_start=317
-  _globals['_HEADER_RESULTSENTRY']._serialized_end=363
-  _globals['_DATAREQUEST']._serialized_start=365
-  _globals['_DATAREQUEST']._serialized_end=427
-  _globals['_INFOREQUEST']._serialized_start=429
-  _globals['_INFOREQUEST']._serialized_end=442
-  _globals['_INFORESPONSE']._serialized_start=444
-  _globals['_INFORESPONSE']._serialized_end=472
-  _globals['_ORCHESTRA']._serialized_start=474
-  _globals['_ORCHESTRA']._serialized_end=598
+  _globals['_HEADER']._serialized_end=454
+  _globals['_HEADER_RESULTSENTRY']._serialized_start=362
+  _globals['_HEADER_RESULTSENTRY']._serialized_end=408
+  _globals['_HEADER_TRACEENTRY']._serialized_start=410
+  _globals['_HEADER_TRACEENTRY']._serialized_end=454
+  _globals['_DATAREQUEST']._serialized_start=456
+  _globals['_DATAREQUEST']._serialized_end=518
+  _globals['_INFOREQUEST']._serialized_start=520
+  _globals['_INFOREQUEST']._serialized_end=533
+  _globals['_INFORESPONSE']._serialized_start=535
+  _globals['_INFORESPONSE']._serialized_end=563
+  _globals['_ORCHESTRA']._serialized_start=565
+  _globals['_ORCHESTRA']._serialized_end=689
 # @@protoc_insertion_point(module_scope)

@@ -21,7 +21,7 @@ class Error(_message.Message):
     def __init__(self, type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., executor: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class Header(_message.Message):
-    __slots__ = ("request_id", "endpoint", "target_executor", "parameters", "status", "error", "results")
+    __slots__ = ("request_id", "endpoint", "target_executor", "parameters", "status", "error", "results", "trace")
     class ResultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -29,6 +29,13 @@ class Header(_message.Message):
         key: str
         value: bytes
         def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+    class TraceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     TARGET_EXECUTOR_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +43,7 @@ class Header(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     endpoint: str
     target_executor: str
@@ -43,7 +51,8 @@ class Header(_message.Message):
     status: int
     error: Error
     results: _containers.ScalarMap[str, bytes]
-    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., parameters: _Optional[bytes] = ..., status: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    trace: _containers.ScalarMap[str, str]
+    def __init__(self, request_id: _Optional[str] = ..., endpoint: _Optional[str] = ..., target_executor: _Optional[str] = ..., parameters: _Optional[bytes] = ..., status: _Optional[int] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., results: _Optional[_Mapping[str, bytes]] = ..., trace: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class DataRequest(_message.Message):
     __slots__ = ("header", "docs")

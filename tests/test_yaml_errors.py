@@ -85,3 +85,15 @@ def test_missing_file_names_resolved_path(tmp_path: Path) -> None:
 def test_context_value_fixes_context_case() -> None:
     flow = load_config(str(CASES / "context_missing.yml"), context={"replicas": 3})
     assert flow.flow_spec().executors[0].replicas == 3
+
+
+def test_a_misspelt_path_a_folder_or_a_bare_word_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "flow.yml").write_text("jtype: Flow\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"YAML file 'flw.yml' not found .*did you mean 'flow.yml'\?"):
+        load_config("flw.yml")
+    with pytest.raises(ConfigError, match=r"'\./' is a folder; give a Flow or Deployment YAML file"):
+        load_config("./")
+    with pytest.raises(ConfigError, match=r"'flow' is neither a YAML file that exists .* nor YAML text"):
+        load_config("flow")
+    assert load_config("jtype: Flow").flow_spec().executors == []  # one line of YAML text still is YAML

@@ -97,3 +97,19 @@ def test_a_misspelt_path_a_folder_or_a_bare_word_say_so(tmp_path: Path, monkeypa
     with pytest.raises(ConfigError, match=r"'flow' is neither a YAML file that exists .* nor YAML text"):
         load_config("flow")
     assert load_config("jtype: Flow").flow_spec().executors == []  # one line of YAML text still is YAML
+
+
+def test_uses_with_is_left_to_the_replica_when_the_file_cannot_tell(tmp_path: Path) -> None:
+    """No false alarms: constructors written by a decorator, reading **kwargs, or from another module."""
+    (tmp_path / "execs.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from orchestra_nb import Executor\n"
+        "from elsewhere import Base\n\n"
+        "@dataclass\nclass Data(Executor):\n    size: int = 1\n\n"
+        "class Reads(Executor):\n    def __init__(self, **kwargs):\n        self.size = kwargs.get('size')\n\n"
+        "class Foreign(Base):\n    pass\n\n"
+        "class Child(Reads):\n    def __init__(self, extra=1, **kwargs):\n        super().__init__(**kwargs)\n")
+    for cls in ("Data", "Reads", "Foreign", "Child"):
+        text = f"jtype: Flow\nexecutors:\n  - uses: {cls}\n    py_modules: [execs.py]\n    uses_with: {{size: 2}}\n"
+        (tmp_path / "f.yml").write_text(text)
+        assert load_config(str(tmp_path / "f.yml")).flow_spec().executors[0].uses_with == {"size": 2}, cls

@@ -295,7 +295,9 @@ class _PyModule:
         for sure; None when it cannot tell (a base outside the file, several bases, `**kwargs` read or
         not simply passed on to the base's `__init__`). `Executor` itself takes none."""
         node = self.classes.get(name)
-        if node is None or name in seen or len(node.bases) != 1:
+        if node is None or name in seen or len(node.bases) != 1 or node.decorator_list or node.keywords:
+            return None  # a decorator (@dataclass) or a metaclass may write the constructor
+        if any(isinstance(n, (ast.Assign, ast.AnnAssign)) and "__init__" in ast.dump(n) for n in node.body):
             return None
         base = node.bases[0]
         base_name = base.attr if isinstance(base, ast.Attribute) else getattr(base, "id", "")

@@ -277,13 +277,6 @@ def test_load_ext_of_the_package_registers_the_magics(kernel: Kernel) -> None:
     assert out.strip() == "no orchestration is running" or "nbk-" in out
 
 
-def test_kernel_shutdown_leaves_no_process(kernel: Kernel) -> None:
-    kernel.run(start_cell(f"nbk-{RUN}-shutdown"))
-    assert len(ours(f"nbk-{RUN}-", prefix=True)) >= 4  # this flow and those earlier tests left running
-    kernel.shutdown()
-    poll_for(lambda: not ours(f"nbk-{RUN}-", prefix=True), timeout=5, what="no process of ours after kernel shutdown")
-
-
 def test_kernel_sigkill_leaves_no_process() -> None:
     name = f"nbk-{RUN}-kill"
     k = Kernel()
@@ -382,3 +375,11 @@ def test_blocking_start_in_a_cell_shows_its_progress(kernel: Kernel) -> None:
     """)
     assert "loading" in _phases(texts, "sleepy")
     assert re.search(rf"{name} ready after \d+\.\d s$", texts[-1]), texts
+
+
+# last of the tests that use the module's kernel: it shuts that kernel down
+def test_kernel_shutdown_leaves_no_process(kernel: Kernel) -> None:
+    kernel.run(start_cell(f"nbk-{RUN}-shutdown"))
+    assert len(ours(f"nbk-{RUN}-", prefix=True)) >= 4  # this flow and those earlier tests left running
+    kernel.shutdown()
+    poll_for(lambda: not ours(f"nbk-{RUN}-", prefix=True), timeout=5, what="no process of ours after kernel shutdown")

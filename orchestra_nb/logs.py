@@ -41,7 +41,12 @@ def get_logger(name: str = "") -> logging.Logger:
 def level_from_env(default: str = "INFO") -> int:
     level = os.environ.get("ORCHESTRA_LOG_LEVEL", default).upper()
     value = logging.getLevelName(level)
-    return value if isinstance(value, int) else logging.INFO
+    if not isinstance(value, int):
+        from orchestra_nb.errors import ConfigError
+
+        raise ConfigError(f"ORCHESTRA_LOG_LEVEL={level!r} is not a log level; use DEBUG, INFO, WARNING, "
+                          "ERROR or CRITICAL")
+    return value
 
 
 def setup_child(log_config: Any, *, name: str, replica: int | None) -> None:

@@ -8,9 +8,9 @@ folder (not inside it, where `kubectl apply -R` would try to apply flow.yml).
 Per executor shard: a Deployment with `spec.replicas` = the executor's replicas, or a StatefulSet with a
 volumeClaimTemplate when the executor has volumes (`ORCHESTRA_K8S_ACCESS_MODES` — comma-separated,
 default ReadWriteOnce —, `ORCHESTRA_K8S_STORAGE_CLASS_NAME`, `ORCHESTRA_K8S_STORAGE_CAPACITY` — default
-10G — shape the claim). A shard's replicas share one Service, and the gateway addresses each shard by
-its service DNS name; it opens one gRPC channel per address, so the Service's kube-proxy spreads
-connections (not single requests) over the replicas. Probes use Kubernetes' native gRPC probe against
+10G — shape the claim). A shard's replicas share one headless Service, and the gateway addresses each
+shard by its service DNS name, which resolves to every ready pod; its gRPC channels use round_robin, so
+single requests (not only connections) are spread over the replicas. Probes use Kubernetes' native gRPC probe against
 the standard health service (GA since Kubernetes 1.27).
 """
 
@@ -129,8 +129,10 @@ def _executor_objects(spec: FlowSpec, ex: ExecutorSpec, ctx: BuildContext, names
             objects.append({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta, "spec": workload})
         else:
             objects.append({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": workload})
+        # headless: the name resolves to every pod, and the gateway's round_robin policy spreads the
+        # requests over them (a ClusterIP would pin one gateway connection to one pod)
         objects.append({"apiVersion": "v1", "kind": "Service", "metadata": dict(meta), "spec": {
-            "type": "ClusterIP", "selector": {"app": component},
+            "type": "ClusterIP", "clusterIP": "None", "selector": {"app": component},
             "ports": [{"name": "grpc", "port": EXECUTOR_PORT, "targetPort": EXECUTOR_PORT,
                        "protocol": "TCP", "appProtocol": "grpc"}]}})
         addresses.append(executor_address(ex, shard, f"{component}.{namespace}.svc:{EXECUTOR_PORT}"))

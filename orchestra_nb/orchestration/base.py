@@ -156,7 +156,14 @@ class Orchestration:
         finally:
             if end_progress is not None:
                 end_progress()
-        ready_event.set()
+        try:
+            self._after_ready(spec, announce=show_progress)
+        finally:
+            ready_event.set()  # wait_ready() and post() go on once the tunnel and reloader are in place
+
+    def _after_ready(self, spec: FlowSpec, announce: bool) -> None:
+        from orchestra_nb.orchestration import registry
+
         if spec.log_config:
             from orchestra_nb import logs
             from orchestra_nb.logconfig import apply_log_config
@@ -168,7 +175,9 @@ class Orchestration:
             except BaseException:
                 self.close()
                 raise
-        if not registry.in_notebook() and os.environ.get("ORCHESTRA_QUIET", "") != "1":
+        if announce and not registry.in_notebook() and os.environ.get("ORCHESTRA_QUIET", "") != "1":
+            # only from the caller's thread (start(wait=True)): a background start must not print into
+            # whatever the user is writing at that moment
             from orchestra_nb.summary import print_summary
 
             print_summary(self)  # on stdout: stderr carries the log records (JSON lines with a JSON config)

@@ -79,6 +79,8 @@ def channel_options(max_message: int) -> list[tuple[str, Any]]:
     return [
         *grpc_options(max_message),
         ("grpc.enable_retries", 0),
+        # an address that resolves to several pods (a headless Kubernetes Service) gets every one of them
+        ("grpc.lb_policy_name", "round_robin"),
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 1000),
     ]

@@ -11,13 +11,14 @@ sent to replicas by value with cloudpickle and saved to YAML as source next to t
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["DeploymentSpec", "ExecutorSpec", "FlowSpec", "GatewaySpec", "Polling", "Protocol"]
 
 Protocol = Literal["grpc", "http"]
+Port = Annotated[int, Field(ge=0, le=65535)]
 Polling = Literal["ANY", "ALL"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*$")
@@ -46,7 +47,7 @@ class ExecutorSpec(_Model):
     env: dict[str, str] = Field(default_factory=dict)
     gpus: int | str | list[Any] | None = None
     host: str = "127.0.0.1"
-    port: int | list[int] | None = None
+    port: Port | list[Port] | None = None
     timeout_ready: float = Field(default=60.0, gt=0)
     timeout_send: float | None = Field(default=None, gt=0)
     retries: int = Field(default=-1, ge=-1)
@@ -129,7 +130,7 @@ class GatewaySpec(_Model):
     """The front doors: protocols, ports, access rules."""
 
     protocol: list[Protocol] = Field(default_factory=lambda: ["grpc"])  # type: ignore[arg-type]
-    port: list[int | None] = Field(default_factory=list)
+    port: list[Port | None] = Field(default_factory=list)
     host: str = "127.0.0.1"
     prefetch: int = Field(default=0, ge=0)
     token: str | None = None

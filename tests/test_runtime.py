@@ -313,3 +313,13 @@ def test_init_handlers_and_close_share_one_thread() -> None:
     with Deployment(uses=SqliteStore) as dep:
         assert dep.post("/x", [Doc(text="a"), Doc(text="b")]).results == {"sqlitestore": {"count": 2}}
         assert dep.post("/x", Doc(text="c")).results == {"sqlitestore": {"count": 3}}
+
+
+def test_bad_port_and_log_level_fail_before_anything_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="port"):
+        Deployment(uses=Tagger, port=99999)
+    monkeypatch.setenv("ORCHESTRA_LOG_LEVEL", "loud")
+    dep = Deployment(uses=Tagger)
+    with pytest.raises(ConfigError, match="ORCHESTRA_LOG_LEVEL='LOUD' is not a log level"):
+        dep.start()
+    assert dep.pids() == []

@@ -83,6 +83,9 @@ class Orchestration:
             spec = self.flow_spec()
             validate_topology(spec)
             check_start_method()
+            from orchestra_nb.logs import level_from_env
+
+            level_from_env()  # a bad ORCHESTRA_LOG_LEVEL fails here, before any process starts
             if spec.gateway.expose:  # a missing authtoken or HTTP door fails here, before any process
                 from orchestra_nb.notebook.tunnel import check_expose
 

@@ -401,3 +401,14 @@ def test_a_burst_of_log_lines_is_rendered_a_few_times_not_per_line() -> None:
         assert 1 <= len(renders) <= elapsed / 0.25 + 2, (len(renders), elapsed)
     finally:
         panel.close()
+
+
+def test_openapi_link_goes_through_the_hub_proxy_on_binder(scripted: Panel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under JupyterHub (Binder) the browser reaches the HTTP port only through jupyter-server-proxy."""
+    snap = _snap("ready", executors={"up": [_replica("up", 0, "ready", 1, 0, 0, None, None)]})
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_PREFIX", "/user/ada-repo-x1/")
+    scripted.apply(snap)
+    assert '<a href="/user/ada-repo-x1/proxy/5556/docs" target="_blank">' in scripted.endpoints_html.value
+    monkeypatch.delenv("JUPYTERHUB_SERVICE_PREFIX")
+    scripted.apply(snap)
+    assert '<a href="http://127.0.0.1:5556/docs" target="_blank">' in scripted.endpoints_html.value

@@ -354,17 +354,6 @@ def test_start_progress_is_shown_in_the_cell_while_it_blocks(kernel: Kernel) -> 
     assert len([t for t in texts if "loading" in t]) >= 3  # the timer ticks while the model loads
 
 
-def _start_shows_progress_in_notebooks() -> bool:
-    import inspect
-
-    from orchestra_nb.orchestration.base import Orchestration
-
-    return "show_start_progress" in inspect.getsource(Orchestration)
-
-
-@pytest.mark.skipif(not _start_shows_progress_in_notebooks(),
-                    reason="Orchestration._show_progress does not call notebook.display.show_start_progress "
-                           "in a kernel yet (a blocking f.start() in a notebook is silent)")
 def test_blocking_start_in_a_cell_shows_its_progress(kernel: Kernel) -> None:
     name = f"nbk-{RUN}-blocking"
     texts = _progress_messages(kernel, f"""

@@ -196,9 +196,12 @@ class Orchestration:
         ORCHESTRA_PROGRESS=0 turn it off); returns the function that ends it, or None."""
         from orchestra_nb.orchestration import registry
 
-        if registry.in_notebook() or os.environ.get("ORCHESTRA_QUIET", "") == "1" or \
-                os.environ.get("ORCHESTRA_PROGRESS", "1") == "0":
+        if os.environ.get("ORCHESTRA_QUIET", "") == "1" or os.environ.get("ORCHESTRA_PROGRESS", "1") == "0":
             return None
+        if registry.in_notebook():  # in the cell's own output, updated in place
+            from orchestra_nb.notebook.display import show_start_progress
+
+            return show_start_progress(self.progress)
         from orchestra_nb.progress import ConsoleProgress
 
         display = ConsoleProgress(self.progress)
@@ -312,13 +315,13 @@ class Orchestration:
             self.close()
 
     # ---- requests ------------------------------------------------------------------------------
-    def _ready_client(self) -> tuple[Any, Any]:
+    def _ready_client(self, action: str = "post to") -> tuple[Any, Any]:
         if self.state is State.STARTING and self._ready_event is not None:
             self.wait_ready()
         if self.state is not State.READY or self._client is None:
             hint = "use `with f:` or call f.start() first" if self.state in (State.CREATED, State.CLOSED) else \
                 "wait until it is ready"
-            raise LifecycleError(f"cannot post to {self._kind} {self.name!r}: it is {self.state.value}; {hint}")
+            raise LifecycleError(f"cannot {action} {self._kind} {self.name!r}: it is {self.state.value}; {hint}")
         return self._client, self._loop
 
     def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, **kwargs: Any) -> DocList[Any]:
@@ -361,7 +364,7 @@ class Orchestration:
 
     def status(self) -> dict[str, Any]:
         """Topology, every replica's state, pid, device, counters and latency, from the gateway."""
-        client, loop = self._ready_client()
+        client, loop = self._ready_client("get the status of")
         info: dict[str, Any] = loop.run(client.info(), timeout=15)
         sup = self._supervisor
         processes = []
@@ -447,7 +450,7 @@ class Orchestration:
 
     def set_token(self, token: str | None) -> None:
         """Require `token` on every gateway request from now on (None turns auth off)."""
-        self._ready_client()
+        self._ready_client("set a token on")
         sup = self._supervisor
         if sup.gateway is not None and not sup.gateway.control({"cmd": "set_token", "token": token}):
             raise LifecycleError("the gateway did not confirm the new token")
@@ -457,7 +460,7 @@ class Orchestration:
 
     def scale(self, name: str, replicas: int) -> None:
         """Change an executor's replicas while serving; no request fails on the way."""
-        self._ready_client()
+        self._ready_client("scale")
         self._supervisor.scale(name, replicas)
         self._sync_spec()
 
@@ -466,7 +469,7 @@ class Orchestration:
 
         In a notebook: re-run the cell that defines the class, then `f.reload('name', NewClass)`.
         """
-        self._ready_client()
+        self._ready_client("reload")
         current = self._supervisor.spec.executor(name)
         update = dict(changes)
         if uses is not None:
@@ -479,7 +482,7 @@ class Orchestration:
 
     def dry_run(self) -> bool:
         """Send an empty request through the whole graph; True when every hop answered."""
-        client, loop = self._ready_client()
+        client, loop = self._ready_client("dry-run")
         loop.run(client.post("/_dry_run", None), timeout=30)
         return True
 

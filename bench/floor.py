@@ -7,9 +7,11 @@ import sys
 
 import grpc
 
+from orchestra_nb.wire import grpc_options
+
 
 async def main(port: int) -> None:
-    server = grpc.aio.server(options=[("grpc.max_send_message_length", 1 << 30), ("grpc.max_receive_message_length", 1 << 30)])
+    server = grpc.aio.server(options=grpc_options(1 << 30))
 
     async def echo(request: bytes, context: object) -> bytes:
         return request

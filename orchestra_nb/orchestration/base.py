@@ -491,8 +491,7 @@ class Orchestration:
         return f"<{type(self).__name__} {self.name!r} {self.state.value}{' ' + ports if ports else ''}>"
 
     def __del__(self) -> None:
-        if getattr(self, "state", None) is State.READY and os.getpid() == getattr(self, "_pid", os.getpid()):
-            try:
+        # an orchestration nobody can reach any more must not keep processes and ports
+        if getattr(self, "state", None) is State.READY:
+            with contextlib.suppress(Exception):
                 self.close()
-            except Exception:
-                pass

@@ -249,6 +249,21 @@ def test_auto_prefers_most_free_memory_then_round_robin(machine: Machine) -> Non
     assert visible(spec("auto", replicas=5)) == ["1", "3", "2", "0", "1"]
 
 
+def test_auto_spreads_over_the_whole_flow(machine: Machine) -> None:
+    import collections
+
+    machine(inventory(2, used=[100, 5000]), via="nvml")
+    # without a shared count, two 'auto' executors of one replica each both pick the freest GPU ...
+    assert visible(spec("auto")) == visible(spec("auto")) == ["0"]
+    # ... with the Flow's count (what the supervisor passes), the second goes to the other GPU
+    placed: collections.Counter[str] = collections.Counter()
+    first = assign_devices(spec("auto"), placed=placed)[(0, 0)]["CUDA_VISIBLE_DEVICES"]
+    second = assign_devices(ExecutorSpec(name="other", gpus="auto"), placed=placed)[(0, 0)]["CUDA_VISIBLE_DEVICES"]
+    third = assign_devices(ExecutorSpec(name="third", gpus="auto", replicas=2), placed=placed)
+    assert (first, second) == ("0", "1")
+    assert sorted(e["CUDA_VISIBLE_DEVICES"] for e in third.values()) == ["0", "1"]
+
+
 def test_number_of_gpus_per_replica(machine: Machine) -> None:
     machine(inventory(4))
     assert visible(spec(2, replicas=2)) == ["0,1", "2,3"]

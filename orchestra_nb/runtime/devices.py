@@ -27,6 +27,7 @@ Decisions, and why:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import importlib
 import logging
@@ -271,7 +272,8 @@ def _env(gpus: list[GPU]) -> dict[str, str]:
     return {_CVD: ",".join(idents), "CUDA_DEVICE_ORDER": "PCI_BUS_ID", "_device": "cuda"}
 
 
-def assign_devices(spec: ExecutorSpec, inventory: Inventory | None = None) -> dict[tuple[int, int], dict[str, str]]:
+def assign_devices(spec: ExecutorSpec, inventory: Inventory | None = None,
+                   placed: collections.Counter[str] | None = None) -> dict[tuple[int, int], dict[str, str]]:
     """Environment additions per (shard, replica); the `_device` key is what `runtime_args.device` shows.
 
     Discovery runs only when the spec asks for GPUs; `inventory` replaces it (for callers that already
@@ -306,7 +308,16 @@ def assign_devices(spec: ExecutorSpec, inventory: Inventory | None = None) -> di
             log.info("%s: no GPU found (%s); its replicas run on CPU", where, inv.note or inv.source)
             return {k: {"_device": "cpu"} for k in keys}
         order = sorted(inv.gpus, key=lambda g: -(g.memory_free or 0))  # stable: ties keep PCI order
-        return {k: _env([order[i % n]]) for i, k in enumerate(keys)}
+        if placed is None:
+            return {k: _env([order[i % n]]) for i, k in enumerate(keys)}
+        # across the executors of one Flow: each replica goes to the GPU with the fewest 'auto' replicas
+        # so far, then the most free memory
+        out = {}
+        for k in keys:
+            gpu = min(order, key=lambda g: placed[g.uuid])
+            placed[gpu.uuid] += 1
+            out[k] = _env([gpu])
+        return out
     if isinstance(gpus, str):
         m = _RR.match(gpus)
         assert m is not None  # parse_gpus checked

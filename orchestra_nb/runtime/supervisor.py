@@ -10,6 +10,7 @@ the gateway stops first (so requests in flight finish), then the workers; SIGTER
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import sys
@@ -115,8 +116,9 @@ class Supervisor:
         self.devices = {}
         inventory = discover() if any(ex.gpus not in (None, 0) or "CUDA_VISIBLE_DEVICES" in ex.env
                                       for ex in self.spec.executors) else None
+        placed: collections.Counter[str] = collections.Counter()  # 'auto' spreads over the whole Flow
         for ex in self.spec.executors:
-            for key, env in assign_devices(ex, inventory=inventory).items():
+            for key, env in assign_devices(ex, inventory=inventory, placed=placed).items():
                 self.devices[ReplicaKey(ex.name or "executor", key[0], key[1])] = env
 
     def _worker_config(self, ex: ExecutorSpec, shard: int, replica: int, address: str,

@@ -146,3 +146,23 @@ def test_a_flow_request_is_one_trace_across_gateway_and_replicas(collector: tupl
         (served,) = [span for s, span in spans if s == service]
         parent_service, hop = by_id[served.parent_span_id]
         assert parent_service == "traced/gateway" and hop.kind == hop.SPAN_KIND_CLIENT
+
+
+def test_an_http_callers_traceparent_continues_through_the_flow(collector: tuple[Collector, str]) -> None:
+    import httpx
+
+    from orchestra_nb import Flow
+    from tests.executors import Tagger
+
+    servicer, address = collector
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with Flow(name="httptraced", protocol="http", tracing=True, traces_endpoint=address).add(uses=Tagger, name="a") as f:
+        r = httpx.post(f"http://127.0.0.1:{f.ports['http']}/post", timeout=30,
+                       json={"on": "/x", "docs": [{"text": "t"}]},
+                       headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-01"})
+        assert r.status_code == 200
+    poll_for(lambda: {s for s, _ in servicer.spans} >= {"httptraced/gateway", "httptraced/a/0"},
+             timeout=20, what="spans from the gateway and the replica")
+    spans = [span for service, span in servicer.spans if service.startswith("httptraced/")
+             and span.name != "/_dry_run"]
+    assert spans and {span.trace_id.hex() for span in spans} == {trace_id}

@@ -113,10 +113,14 @@ def build_app(gateway: Any) -> FastAPI:
         except RecursionError:
             raise _HTTPError(400, "body is nested too deeply") from None
 
-    async def run(endpoint: str, body: _Body) -> JSONResponse:
+    async def run(endpoint: str, body: _Body, http: Request) -> JSONResponse:
         if not endpoint.startswith("/"):
             raise _HTTPError(422, f"endpoint {endpoint!r} must start with '/'")
         request = Frame()
+        for key in ("traceparent", "tracestate"):  # a caller's W3C trace continues through the Flow
+            value = http.headers.get(key)
+            if value:
+                request.header.trace[key] = value
         request.header.endpoint = endpoint
         request.header.parameters = json.dumps(body.parameters).encode()
         if body.target_executor:
@@ -139,7 +143,7 @@ def build_app(gateway: Any) -> FastAPI:
     async def post(request: Request) -> JSONResponse:
         body = await read_body(request, _PostBody)
         assert isinstance(body, _PostBody)
-        return await run(body.on, body)
+        return await run(body.on, body, request)
 
     schemas: dict[str, Any] = {}
     for endpoint, (inp, out) in _endpoint_schemas(gateway).items():
@@ -234,7 +238,7 @@ def _add_typed_route(app: FastAPI, endpoint: str, inp: dict[str, Any], out: dict
 
     async def typed(request: Request) -> JSONResponse:
         body = await read_body(request, _Body)
-        response: JSONResponse = await run(endpoint, body)
+        response: JSONResponse = await run(endpoint, body, request)
         return response
 
     app.add_api_route(

@@ -52,6 +52,17 @@ class Orchestration:
         self._start_error: BaseException | None = None
 
     # ---- spec ----------------------------------------------------------------------------------
+    _spec: Any
+
+    @classmethod
+    def from_spec(cls: type[OrchestrationT], spec: Any, base_dir: str | None = None) -> OrchestrationT:
+        """Build from a spec (what `load_config` does); `base_dir` anchors relative `py_modules`."""
+        obj = cls.__new__(cls)
+        Orchestration.__init__(obj)
+        obj._spec = spec
+        obj.base_dir = base_dir
+        return obj
+
     @property
     def name(self) -> str:
         return self.flow_spec().name

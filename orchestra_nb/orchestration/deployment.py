@@ -24,6 +24,7 @@ class Deployment(Orchestration):
     """Serve one Executor: `Deployment(uses=MyExecutor, replicas=2)`."""
 
     _kind = "Deployment"
+    _spec: DeploymentSpec
 
     def __init__(self, uses: Any = "Executor", name: str | None = None, replicas: int = 1,
                  port: int | list[int] | None = None, protocol: str | list[str] = "grpc",
@@ -45,14 +46,6 @@ class Deployment(Orchestration):
                                                     "timeout_ready": ex.get("timeout_ready", 60.0), **gw}))
         except ValidationError as exc:
             raise config_error(exc, "Deployment options") from None
-
-    @classmethod
-    def from_spec(cls, spec: DeploymentSpec, base_dir: str | None = None) -> Deployment:
-        dep = cls.__new__(cls)
-        Orchestration.__init__(dep)
-        dep._spec = spec
-        dep.base_dir = base_dir
-        return dep
 
     @property
     def spec(self) -> DeploymentSpec:

@@ -31,6 +31,7 @@ class Flow(Orchestration):
     """A pipeline of executors behind one gateway (gRPC and/or HTTP)."""
 
     _kind = "Flow"
+    _spec: FlowSpec
 
     def __init__(self, name: str | None = None, protocol: str | list[str] = "grpc",
                  port: int | list[int] | None = None, host: str = "127.0.0.1", **kwargs: Any) -> None:
@@ -47,14 +48,6 @@ class Flow(Orchestration):
                                                                       "host": host, **gw}))
         except ValidationError as exc:
             raise config_error(exc, "Flow options") from None
-
-    @classmethod
-    def from_spec(cls, spec: FlowSpec, base_dir: str | None = None) -> Flow:
-        flow = cls.__new__(cls)
-        Orchestration.__init__(flow)
-        flow._spec = spec
-        flow.base_dir = base_dir
-        return flow
 
     @property
     def spec(self) -> FlowSpec:

@@ -18,16 +18,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from orchestra_nb._version import __version__
 from orchestra_nb.logs import get_logger
 from orchestra_nb.runtime.child import Status, install_stop_handler, on_control
 from orchestra_nb.runtime.topology import Router
-from orchestra_nb.runtime.worker import STATUS_OK, server_options
+from orchestra_nb.runtime.worker import STATUS_OK, orchestra_server
 from orchestra_nb.spec.models import FlowSpec
 from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
-from orchestra_nb.wire.frame import Frame, deserialize, serialize
+from orchestra_nb.wire.frame import Frame
 
 __all__ = ["Gateway", "run_gateway"]
 
@@ -154,17 +154,7 @@ async def run_gateway(config: dict[str, Any], status: Status) -> None:
                                                            config["tracing"]["endpoint"])
     grpc_server = None
     if "grpc" in gw.protocol:
-        grpc_server = grpc.aio.server(options=server_options(gw.max_message_size))
-        grpc_server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orchestra.Orchestra", {
-            "Call": grpc.unary_unary_rpc_method_handler(
-                gateway.call, request_deserializer=deserialize,
-                response_serializer=serialize),
-            "Info": grpc.unary_unary_rpc_method_handler(
-                gateway.info, request_deserializer=InfoRequest.FromString,
-                response_serializer=InfoResponse.SerializeToString),
-        })])
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
+        grpc_server, health_servicer = orchestra_server(gateway.call, gateway.info, gw.max_message_size)
         if gw.ssl_certfile and gw.ssl_keyfile:
             with open(gw.ssl_keyfile, "rb") as key, open(gw.ssl_certfile, "rb") as cert:
                 credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])

@@ -33,7 +33,7 @@ from orchestra_nb.wire import codec, grpc_options
 from orchestra_nb.wire._generated.orchestra_pb2 import InfoRequest, InfoResponse
 from orchestra_nb.wire.frame import Frame, deserialize, serialize
 
-__all__ = ["STATUS_BAD_REQUEST", "STATUS_ERROR", "STATUS_OK", "STATUS_UNAVAILABLE", "WorkerServicer", "run_worker", "server_options"]
+__all__ = ["STATUS_BAD_REQUEST", "STATUS_ERROR", "STATUS_OK", "STATUS_UNAVAILABLE", "WorkerServicer", "orchestra_server", "run_worker", "server_options"]
 
 STATUS_OK, STATUS_ERROR, STATUS_BAD_REQUEST, STATUS_UNAVAILABLE = 0, 1, 2, 3
 log = get_logger("worker")
@@ -41,6 +41,22 @@ log = get_logger("worker")
 
 def server_options(max_message: int) -> list[tuple[str, Any]]:
     return [*grpc_options(max_message), ("grpc.so_reuseport", 0)]
+
+
+def orchestra_server(call: Any, info: Any, max_message: int) -> tuple[Any, Any]:
+    """A grpc.aio server with the `orchestra.Orchestra` service (Call, Info) and the standard health
+    service: what every replica and the gateway serve."""
+    server = grpc.aio.server(options=server_options(max_message))
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orchestra.Orchestra", {
+        "Call": grpc.unary_unary_rpc_method_handler(
+            call, request_deserializer=deserialize, response_serializer=serialize),
+        "Info": grpc.unary_unary_rpc_method_handler(
+            info, request_deserializer=InfoRequest.FromString,
+            response_serializer=InfoResponse.SerializeToString),
+    })])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer
 
 
 class Stats:
@@ -247,17 +263,7 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
     executor = await loop.run_in_executor(
         pool, lambda: construct(cls, runtime_args, {**extra_with, **spec.uses_with}))
     servicer = WorkerServicer(spec, executor, stop, pool)
-    server = grpc.aio.server(options=server_options(spec.max_message_size))
-    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("orchestra.Orchestra", {
-        "Call": grpc.unary_unary_rpc_method_handler(
-            servicer.call, request_deserializer=deserialize,
-            response_serializer=serialize),
-        "Info": grpc.unary_unary_rpc_method_handler(
-            servicer.info, request_deserializer=InfoRequest.FromString,
-            response_serializer=InfoResponse.SerializeToString),
-    })])
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server, health_servicer = orchestra_server(servicer.call, servicer.info, spec.max_message_size)
     if config.get("metrics_port"):
         from orchestra_nb.runtime.metrics import ExecutorMetrics, serve_metrics
 

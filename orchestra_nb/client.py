@@ -146,6 +146,15 @@ def _verify(ca_file: str | None) -> Any:
     return ssl.create_default_context(cafile=ca_file)
 
 
+def _json_doc(doc: Any) -> Any:
+    """A doc as JSON for the HTTP door: arrays as lists, bytes as base64 (what the gateway expects)."""
+    from orchestra_nb.wire.codec import decode_json, encode
+
+    if not isinstance(doc, (BaseModel, dict)):
+        return doc
+    return decode_json(encode([doc]))[0]
+
+
 class GrpcPoster:
     """Blocking gRPC posts without an event loop: grpcio's sync channel, with up to `prefetch`
     requests in flight as grpc futures. Sync `post()` calls use this: it saves the hop to a loop
@@ -301,8 +310,7 @@ class AsyncClient:
     async def _post_http(self, on: str, batch: list[Any], params: dict[str, Any], target: str | None,
                          timeout: float | None, return_type: type[BaseModel]) -> tuple[list[Any], dict[str, Any]]:
         body: dict[str, Any] = {"on": on, "parameters": params,
-                                "docs": [d.model_dump(mode="json", exclude_none=True) if isinstance(d, BaseModel)
-                                         else d for d in batch]}
+                                "docs": [_json_doc(d) for d in batch]}
         if target:
             body["target_executor"] = target
         try:
@@ -319,7 +327,9 @@ class AsyncClient:
             if response.status_code < 500:
                 raise BadRequestError(f"HTTP {response.status_code}: {message}")
             raise TransportError(f"HTTP {response.status_code}: {message}")
-        return [return_type.model_validate(d) for d in data["docs"]], data.get("results", {})
+        from orchestra_nb.wire.codec import from_json_docs
+
+        return [return_type.model_validate(d) for d in from_json_docs(data["docs"])], data.get("results", {})
 
     async def info(self) -> dict[str, Any]:
         """The gateway's status: topology, replicas with pids, counters."""

@@ -212,3 +212,19 @@ def test_prefetch_bounds_requests_in_flight(prefetch: int, bounded: bool) -> Non
                           parameters={"seconds": 0.1})
         most = max(r["most"] for r in out.results["c"])
         assert (most == 1) if bounded else (most > 1)
+
+
+def test_binary_blobs_cross_the_http_door_as_base64() -> None:
+    import base64
+
+    from orchestra_nb import Client
+    from tests.executors import Echo
+
+    blob = bytes(range(256))
+    with Flow(protocol=["grpc", "http"]).add(uses=Echo, name="e") as f:
+        r = http_post(f, "/post", {"on": "/x", "docs": [{"blob": base64.b64encode(blob).decode()}]})
+        assert r.status_code == 200 and base64.b64decode(r.json()["docs"][0]["blob"]) == blob
+        assert http_post(f, "/post", {"on": "/x", "docs": [{"blob": "not base64!"}]}).status_code == 422
+        with Client(port=f.ports["http"], protocol="http") as client:
+            assert client.post("/x", Doc(blob=blob))[0].blob == blob
+        assert f.post("/x", Doc(blob=blob))[0].blob == blob

@@ -8,7 +8,8 @@
 Status codes: malformed input is 4xx and never reaches an executor (400 bad JSON, 413 too large, 415 not
 JSON, 422 wrong shape or docs that do not fit the schema, 404 unknown endpoint, 401 missing token); a
 handler exception is 500 naming the executor, an unreachable executor 503, a hop timeout 504.
-JSON bodies are parsed strictly: NaN, Infinity and numbers out of float range are refused.
+JSON bodies are parsed strictly: NaN, Infinity and numbers out of float range are refused. A doc's
+`blob` (bytes) is base64 text in JSON, both ways.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ def build_app(gateway: Any) -> FastAPI:
         if body.target_executor:
             request.header.target_executor = body.target_executor
         try:
-            request.docs = codec.encode_json(body.docs)
+            request.docs = codec.encode(codec.from_json_docs(body.docs))
         except Exception as exc:
             raise _HTTPError(422, f"docs cannot be encoded: {exc}") from None
         gateway.router.decoded += 1  # HTTP always looks inside the docs (JSON in, JSON out)

@@ -16,6 +16,8 @@ that buffer. The gateway mostly forwards payloads without calling this module at
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import struct
 from collections.abc import Iterable
@@ -26,7 +28,7 @@ from pydantic import BaseModel
 
 from orchestra_nb.errors import WireError
 
-__all__ = ["MAGIC", "decode", "decode_json", "encode", "encode_json"]
+__all__ = ["MAGIC", "decode", "decode_json", "encode", "encode_json", "from_json_docs"]
 
 MAGIC = b"ONB1"
 _ALIGN = 64
@@ -116,8 +118,27 @@ def _meta(data: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
 
 
 def decode_json(data: bytes | memoryview) -> list[Any]:
-    """Decode a payload to JSON-ready dicts (arrays as nested lists, bytes as latin-1 strings)."""
+    """Decode a payload to JSON-ready dicts: arrays as nested lists, bytes as base64 strings."""
     return [_to_jsonable(d) for d in decode(data)]
+
+
+def from_json_docs(docs: list[Any]) -> list[Any]:
+    """The inverse for documents that came as JSON: a `blob` (also in matches) is base64 text."""
+    def walk(doc: Any) -> Any:
+        if not isinstance(doc, dict):
+            return doc
+        out = dict(doc)
+        blob = out.get("blob")
+        if isinstance(blob, str):
+            try:
+                out["blob"] = base64.b64decode(blob, validate=True)
+            except (binascii.Error, ValueError):
+                raise WireError("a doc's blob must be base64 text in JSON") from None
+        if isinstance(out.get("matches"), list):
+            out["matches"] = [walk(m) for m in out["matches"]]
+        return out
+
+    return [walk(d) for d in docs]
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -128,7 +149,7 @@ def _to_jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode("latin-1")
+        return base64.b64encode(value).decode("ascii")
     return value
 
 

@@ -47,6 +47,11 @@ NdArray = Annotated[
 """A numpy array field: accepts arrays, nested lists and torch tensors; JSON as nested lists."""
 
 
+Blob = Annotated[bytes, WithJsonSchema({"type": "string", "contentEncoding": "base64",
+                                         "description": "bytes; base64 text in JSON (HTTP)"})]
+"""Bytes in a document: raw on the gRPC wire, base64 text over HTTP."""
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -62,7 +67,7 @@ class Doc(BaseModel):
     embedding: NdArray | None = None
     tags: dict[str, Any] = Field(default_factory=dict)
     uri: str | None = None
-    blob: bytes | None = None
+    blob: Blob | None = None
     matches: list[Doc] = Field(default_factory=list)
     scores: dict[str, float] = Field(default_factory=dict)
 

@@ -76,7 +76,7 @@ def main() -> None:
                   "A kitten sleeps on a warm mat", "Interest rates and the stock market"]
         out = flow.post("/index", [Doc(text=t) for t in corpus])
         print(f"indexed {out.results['index']['indexed']} docs over gRPC")
-        for query in ("cat on a mat", "stock market news"):
+        for query in ("cat on the mat", "stock market news"):
             hit = flow.post("/search", Doc(text=query))[0]
             print(f"gRPC  search {query!r}:")
             for m in hit.matches:

@@ -81,11 +81,19 @@ def raise_for_header(header: Any) -> None:
     raise TransportError(err.message or "the request could not be served")
 
 
-def _check_post(on: str, request_size: int) -> None:
+def _check_post(on: str, request_size: int, target_executor: str | None = None) -> None:
     if not isinstance(on, str) or not on.startswith("/"):
         raise BadRequestError(f"endpoint {on!r} must be a string starting with '/', like '/index'")
     if request_size < 1:
         raise ValueError("request_size must be at least 1")
+    if target_executor:
+        import re
+
+        try:
+            re.compile(target_executor)
+        except re.error as exc:
+            raise BadRequestError(f"target_executor {target_executor!r} is not a valid regular expression "
+                                  f"({exc}); it is matched against executor names") from None
 
 
 def _request(on: str, batch: list[Any], params: dict[str, Any], target: str | None) -> Any:
@@ -177,7 +185,7 @@ class GrpcPoster:
 
         import grpc
 
-        _check_post(on, request_size)
+        _check_post(on, request_size, target_executor)
         params = parameters or {}
         metadata = [("authorization", f"Bearer {self.token}")] if self.token else None
         pending: collections.deque[Any] = collections.deque()
@@ -229,8 +237,18 @@ class AsyncClient:
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, protocol: str = "grpc", *,
                  token: str | None = None, tls: bool = False, ca_file: str | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        if port is None and "://" in host:  # 'grpc://127.0.0.1:54321', as Jina users write it
+            scheme, _, rest = host.partition("://")
+            host, _, port_text = rest.rstrip("/").rpartition(":")
+            if not port_text.isdigit():
+                raise ValueError(f"Client({scheme}://{rest!r}): the address has no port; "
+                                 "write Client(host='127.0.0.1', port=PORT, protocol='grpc')")
+            port = int(port_text)
+            protocol = "http" if scheme in ("http", "https") else "grpc"
+            tls = tls or scheme in ("https", "grpcs")
         if port is None:
-            raise ValueError("Client needs a port: Client(port=...) or use flow.post(...) directly")
+            raise ValueError("Client needs a port: Client(host='127.0.0.1', port=PORT, protocol='grpc'), "
+                             "or a URL like Client('grpc://127.0.0.1:PORT'); from the Flow itself, f.post()")
         if protocol not in ("grpc", "http"):
             raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
         self.host, self.port, self.protocol = host, port, protocol
@@ -275,7 +293,7 @@ class AsyncClient:
                    timeout: float | None = None, return_type: type[BaseModel] = Doc,
                    prefetch: int = 8) -> DocList[Any]:
         """Send docs to endpoint `on`; returns the docs that come back, with `.results`."""
-        _check_post(on, request_size)
+        _check_post(on, request_size, target_executor)
         self._ensure()
         params = parameters or {}
         semaphore = asyncio.Semaphore(max(1, prefetch))
@@ -349,14 +367,24 @@ class AsyncClient:
 
 
 class Client:
-    """Sync client: the same calls as `AsyncClient`, usable from scripts and notebook cells."""
+    """Sync client for a running Flow or Deployment, usable from scripts and notebook cells.
+
+    Args:
+        host: where the gateway runs.
+        port: the gateway's port for `protocol` (`f.ports['grpc']` of a Flow).
+        protocol: `'grpc'` or `'http'`.
+        token: the gateway's token, when it has one (sent as a bearer token).
+        tls / ca_file: connect with TLS; `ca_file` trusts a self-signed certificate.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, protocol: str = "grpc", **kwargs: Any) -> None:
         from orchestra_nb.runtime.loop import LoopThread
 
         self._async = AsyncClient(host, port, protocol, **kwargs)
         self._loop: LoopThread | None = LoopThread("orchestra-nb-client")
-        self._poster = GrpcPoster(host, port, **kwargs) if protocol == "grpc" and port is not None else None
+        a = self._async  # its host, port and protocol, parsed from a URL when one was given
+        self._poster = GrpcPoster(a.host, a.port, token=a.token, tls=a.tls, ca_file=a.ca_file,
+                                  max_message_size=a.max_message_size) if a.protocol == "grpc" else None
 
     def _loop_or_raise(self) -> Any:
         if self._loop is None:
@@ -364,6 +392,8 @@ class Client:
         return self._loop
 
     def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, **kwargs: Any) -> DocList[Any]:
+        """Send docs to endpoint `on`; returns a DocList with `.results` (see `Flow.post` for the
+        keywords: `request_size`, `target_executor`, `timeout`, `return_type`, `prefetch`)."""
         loop = self._loop_or_raise()
         if self._poster is not None:
             return self._poster.post(on, inputs, parameters, **kwargs)

@@ -15,7 +15,7 @@ def test_quickstart_demo_runs() -> None:
     assert out.returncode == 0, out.stderr
     assert "indexed 5 docs over gRPC" in out.stdout
     lines = out.stdout.splitlines()
-    cat = lines.index("gRPC  search 'cat on a mat':")
+    cat = lines.index("gRPC  search 'cat on the mat':")
     assert "mat" in lines[cat + 1] and "mat" in lines[cat + 2]
     http = next(line for line in lines if line.startswith("HTTP  search 'sleeping kitten':"))
     assert "kitten" in http.split(":", 1)[1]

@@ -228,3 +228,20 @@ def test_binary_blobs_cross_the_http_door_as_base64() -> None:
         with Client(port=f.ports["http"], protocol="http") as client:
             assert client.post("/x", Doc(blob=blob))[0].blob == blob
         assert f.post("/x", Doc(blob=blob))[0].blob == blob
+
+
+def test_bad_or_unmatched_target_executor_is_a_bad_request(diamond: Flow) -> None:
+    from orchestra_nb.errors import BadRequestError
+
+    with pytest.raises(BadRequestError, match=r"not a valid regular expression"):
+        diamond.post("/x", Doc(), target_executor="([")
+    with pytest.raises(BadRequestError, match=r"matches no executor; the executors are \['a', 'b', 'c', 'd'\]"):
+        diamond.post("/x", Doc(), target_executor="^zzz$")
+    for pattern in ("([", "^zzz$"):
+        r = http_post(diamond, "/post", {"on": "/x", "docs": [{}], "target_executor": pattern})
+        assert r.status_code == 400 and "executors" in r.json()["error"]["message"]
+    r = httpx.post(f"http://127.0.0.1:{diamond.ports['http']}/nowhere/at/all", json={}, timeout=10)
+    assert r.status_code == 404 and "no route '/nowhere/at/all'" in r.json()["error"]["message"]
+    r = http_post(diamond, "/post", [1, 2])
+    assert r.status_code == 422 and "must be a JSON object" in r.json()["error"]["message"]
+    assert diamond.post("/x", Doc(text="ok")).texts == ["ok"]

@@ -323,3 +323,42 @@ def test_bad_port_and_log_level_fail_before_anything_starts(monkeypatch: pytest.
     with pytest.raises(ConfigError, match="ORCHESTRA_LOG_LEVEL='LOUD' is not a log level"):
         dep.start()
     assert dep.pids() == []
+
+
+def test_python_api_mistakes_get_the_closest_valid_name() -> None:
+    from orchestra_nb import Executor, Flow
+
+    class Strict(Executor):
+        def __init__(self, suffix: str) -> None:
+            self.suffix = suffix
+
+    with pytest.raises(ConfigError, match=r"uses_with key 'sufix' .* did you mean 'suffix'\?"):
+        Flow().add(uses=Strict, uses_with={"sufix": "!"})
+    with pytest.raises(ConfigError, match=r"Strict.__init__ needs \['suffix'\]"):
+        Deployment(uses=Strict)
+    with pytest.raises(ConfigError, match=r"unknown option 'replica'; did you mean 'replicas'\?"):
+        Flow().add(uses=Tagger, replica=2)
+    with pytest.raises(ConfigError, match=r"'protocl' → 'protocol'"):
+        Flow(protocl="http")
+    assert [e.name for e in Flow().add(uses="pkg.mod.Upper").add(uses="enc.yml").executors] == ["upper", "enc"]
+
+
+def test_client_takes_a_url_and_closed_objects_say_so() -> None:
+    with Deployment(uses=Upper, protocol=["grpc", "http"]) as dep:
+        with Client(f"grpc://127.0.0.1:{dep.ports['grpc']}") as client:
+            assert client.post("/upper", Doc(text="url")).texts == ["URL"]
+        with Client(f"http://127.0.0.1:{dep.ports['http']}") as client:
+            assert client.post("/upper", Doc(text="web")).texts == ["WEB"]
+        with pytest.raises(KeyError, match="no process 'nope'.*upper/0"):
+            dep.logs("nope")
+    assert dep.ports == {} and "closed" in repr(dep) and "grpc:" not in repr(dep)
+    with pytest.raises(LifecycleError, match="cannot scale Deployment"):
+        dep.scale("upper", 2)
+
+
+def test_a_missing_class_fails_with_the_message_not_our_traceback() -> None:
+    dep = Deployment(uses="NoSuchClass", py_modules=[str(Path(__file__).with_name("executors.py"))])
+    with pytest.raises(ExecutorStartupError) as info:
+        dep.start()
+    assert "no Executor class of that name" in str(info.value) and "Tagger" in str(info.value)
+    assert "Traceback" not in info.value.remote_traceback

@@ -336,7 +336,20 @@ class Orchestration:
         return self._client, self._loop
 
     def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, **kwargs: Any) -> DocList[Any]:
-        """Send docs to endpoint `on` and return the docs that come back (see Client.post)."""
+        """Send docs to endpoint `on`; returns the docs that come back, as a DocList with `.results`.
+
+        Args:
+            on: the endpoint, like `'/index'`.
+            inputs: a Doc, a list or any iterable of Docs (or plain dicts); None sends an empty request.
+            parameters: a dict every handler receives (keys like `'encoder__top_k'` go to the executor
+                named `encoder` only).
+            **kwargs: `request_size=100` (docs per request; big tensors are also split at ~2 MB),
+                `target_executor` (a regular expression on executor names), `timeout` (seconds),
+                `return_type` (the Doc subclass to build), `prefetch=8` (requests in flight).
+
+        `.results` holds the dicts handlers returned, by executor name: the dict itself for one request,
+        a list of them (one per request) when the inputs were split.
+        """
         client, loop = self._ready_client()
         if self._poster is not None:
             return self._poster.post(on, inputs, parameters, **kwargs)  # type: ignore[no-any-return]
@@ -358,7 +371,10 @@ class Orchestration:
 
     @property
     def ports(self) -> dict[str, int]:
-        return dict(self._supervisor.ports) if self._supervisor is not None else {}
+        """The gateway's port per protocol while it runs (empty before start and after close)."""
+        if self._supervisor is None or self.state not in (State.STARTING, State.READY):
+            return {}
+        return dict(self._supervisor.ports)
 
     @property
     def protocols(self) -> list[str]:
@@ -393,10 +409,14 @@ class Orchestration:
         """The last log lines of one process (e.g. 'encoder/0', 'gateway') or of all."""
         if self._supervisor is None:
             return []
+        children = self._supervisor.children()
+        chosen = [c for c in children if key is None or c.key == key or c.key.split("/")[0] == key]
+        if key is not None and not chosen:
+            raise KeyError(f"no process {key!r}; use an executor name, a replica like "
+                           f"{children[0].key if children else 'name/0'!r}, or 'gateway': {[c.key for c in children]}")
         out: list[str] = []
-        for child in self._supervisor.children():
-            if key is None or child.key == key or child.key.split("/")[0] == key:
-                out.extend(list(child.logs)[-n:])
+        for child in chosen:
+            out.extend(list(child.logs)[-n:])
         return out
 
     # ---- config and export ---------------------------------------------------------------------

@@ -11,7 +11,12 @@ from pydantic import ValidationError
 
 from orchestra_nb.errors import ConfigError
 from orchestra_nb.orchestration.base import Orchestration
-from orchestra_nb.orchestration.flow import config_error
+from orchestra_nb.orchestration.flow import (
+    check_uses_with,
+    config_error,
+    default_name,
+    did_you_mean,
+)
 from orchestra_nb.spec.models import DeploymentSpec, ExecutorSpec, FlowSpec, GatewaySpec
 
 __all__ = ["Deployment"]
@@ -21,7 +26,19 @@ _GATEWAY_KEYS = set(GatewaySpec.model_fields) - {"protocol", "port", "host", "ti
 
 
 class Deployment(Orchestration):
-    """Serve one Executor: `Deployment(uses=MyExecutor, replicas=2)`."""
+    """Serve one Executor: `Deployment(uses=MyExecutor, replicas=2)`.
+
+    Args:
+        uses: an Executor class (also one defined in a notebook cell), a class name found in
+            `py_modules`, a dotted `'package.module.Class'`, or a path to an Executor YAML.
+        name: default: the class name, lowercased.
+        replicas: copies of the executor, each in its own process; requests go to the least busy one.
+        port: the gateway's port, one per protocol (default: free ports chosen at start).
+        protocol: `'grpc'`, `'http'` or both as a list.
+        host: the interface the gateway listens on (`127.0.0.1` by default).
+        **kwargs: executor options (`shards`, `uses_with`, `py_modules`, `gpus`, `env`, `retries`, ...) and
+            gateway options (`token`, `metrics`, `tracing`, `ssl_certfile`, ...); see docs/yaml-spec.md.
+    """
 
     _kind = "Deployment"
     _spec: DeploymentSpec
@@ -32,12 +49,13 @@ class Deployment(Orchestration):
         super().__init__()
         unknown = set(kwargs) - _EXECUTOR_KEYS - _GATEWAY_KEYS - {"log_config"}
         if unknown:
-            raise ConfigError(f"Deployment() got unknown option(s) {sorted(unknown)}; executor options are "
+            raise ConfigError(f"Deployment() got unknown option(s) {sorted(unknown)}"
+                              f"{did_you_mean(unknown, _EXECUTOR_KEYS | _GATEWAY_KEYS)}; executor options are "
                               f"{sorted(_EXECUTOR_KEYS)}, gateway options {sorted(_GATEWAY_KEYS)}")
         ex = {k: v for k, v in kwargs.items() if k in _EXECUTOR_KEYS}
         gw = {k: v for k, v in kwargs.items() if k in _GATEWAY_KEYS}
         if name is None:
-            name = uses.__name__.lower() if isinstance(uses, type) else "executor"
+            name = default_name(uses)
         try:
             self._spec = DeploymentSpec(
                 name=name, log_config=kwargs.get("log_config"),
@@ -45,7 +63,9 @@ class Deployment(Orchestration):
                 gateway=GatewaySpec.model_validate({"protocol": protocol, "port": port, "host": host,
                                                     "timeout_ready": ex.get("timeout_ready", 60.0), **gw}))
         except ValidationError as exc:
-            raise config_error(exc, "Deployment options") from None
+            raise config_error(exc, "Deployment options",
+                               set(ExecutorSpec.model_fields) | set(GatewaySpec.model_fields)) from None
+        check_uses_with(uses, self._spec.executor.uses_with, name)
 
     @property
     def spec(self) -> DeploymentSpec:

@@ -126,7 +126,11 @@ def main() -> None:
         asyncio.run(run(config, status))
     except BaseException as exc:  # report every start-up failure with its traceback
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):
-            status.send("failed", message=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            from orchestra_nb.errors import ConfigError
+
+            # a ConfigError already says what is wrong and how to fix it: our internals add nothing
+            tb = str(exc) if isinstance(exc, ConfigError) else traceback.format_exc()
+            status.send("failed", message=f"{type(exc).__name__}: {exc}", traceback=tb)
             sys.stderr.flush()
             os._exit(1)
     sys.stdout.flush()

@@ -62,7 +62,7 @@ def _finite(text: str) -> float:
 def _error_status(reply: Frame) -> int:
     err = reply.header.error
     if reply.header.status == STATUS_BAD_REQUEST:
-        return 404 if err.type == "UnknownEndpoint" else 422
+        return 404 if err.type == "UnknownEndpoint" else 400 if err.type == "BadTarget" else 422
     if reply.header.status == STATUS_ERROR:
         return 500
     return 504 if "timeout" in err.message else 503
@@ -77,6 +77,13 @@ def build_app(gateway: Any) -> FastAPI:
     @app.exception_handler(_HTTPError)
     async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
         return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(404)
+    async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+        served = sorted({ep for info in gateway.executor_infos.values() for ep in info.get("endpoints", {})
+                         if ep != "*"})
+        return JSONResponse({"error": {"message": f"no route {request.url.path!r}; the endpoints are {served} "
+                                                  "(or POST /post with \"on\")"}}, status_code=404)
 
     def check_token(request: Request) -> None:
         token = gateway.token
@@ -106,6 +113,10 @@ def build_app(gateway: Any) -> FastAPI:
             data = json.loads(raw, parse_constant=_constant, parse_float=_finite)
         except (ValueError, RecursionError) as exc:
             raise _HTTPError(400, f"body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            what = "on, docs, parameters" if model is _PostBody else "docs, parameters"
+            raise _HTTPError(422, f"the body must be a JSON object with {what}; got "
+                                  f"{type(data).__name__ if data is not None else 'null'}")
         try:
             return model.model_validate(data)
         except ValidationError as exc:

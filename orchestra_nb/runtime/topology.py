@@ -134,6 +134,28 @@ class Router:
         for name, info in infos.items():
             self.nodes[name].endpoints = set(info.get("endpoints", {}))
 
+    def _bad_request(self, request: Frame, exc_type: str, message: str) -> Frame:
+        out = Frame()
+        out.header.CopyFrom(request.header)
+        out.header.status = STATUS_BAD_REQUEST
+        out.header.error.type = exc_type
+        out.header.error.endpoint = request.header.endpoint
+        out.header.error.message = message
+        return out
+
+    def _target(self, request: Frame) -> tuple[re.Pattern[str] | None, Frame | None]:
+        """`target_executor` compiled, or a bad-request reply (bad pattern, or it matches no executor)."""
+        pattern = request.header.target_executor
+        try:
+            target = re.compile(pattern)
+        except re.error as exc:
+            return None, self._bad_request(request, "BadTarget", f"target_executor {pattern!r} is not a valid "
+                                           f"regular expression ({exc}); the executors are {list(self.nodes)}")
+        if not any(target.search(name) for name in self.nodes):
+            return None, self._bad_request(request, "BadTarget", f"target_executor {pattern!r} matches no "
+                                           f"executor; the executors are {list(self.nodes)}")
+        return target, None
+
     def unknown_endpoint(self, request: Frame) -> Frame | None:
         """An error reply when no executor serves the endpoint (and some serve others)."""
         endpoint = request.header.endpoint
@@ -186,7 +208,11 @@ class Router:
         error = self.unknown_endpoint(request)
         if error is not None:
             return error
-        target = re.compile(header.target_executor) if header.target_executor else None
+        target = None
+        if header.target_executor:
+            target, error = self._target(request)
+            if error is not None:
+                return error
         if self.linear:
             for name in self.order:
                 request = await self._run_node(self.nodes[name], None, target, request)

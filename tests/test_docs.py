@@ -33,6 +33,8 @@ FENCE = re.compile(r"^(\s*)(```+)(.*)$")
 # what each snippet prints, as its comments on the page say
 EXPECTED: dict[str, list[str]] = {
     "add_executors.py": ["[2. 2. 2.]", "{'lang': 'de'}"],
+    "client.py": ["{'words': 3} {'counter': {'seen': 1}}", "5 {'counter': [{'seen': 2}, {'seen': 2}, {'seen': 1}]}",
+                  "200 {'words': 3}"],
     "convert_yaml.py": ["['cba']"],
     "deployment.py": ["['HELLO']", "['OVER HTTP']"],
     "deployment_shards.py": ["[0, 1]"],

@@ -370,11 +370,11 @@ class Client:
     """Sync client for a running Flow or Deployment, usable from scripts and notebook cells.
 
     Args:
-        host: where the gateway runs.
+        host: where the gateway runs; also a URL such as `'grpc://127.0.0.1:PORT'`.
         port: the gateway's port for `protocol` (`f.ports['grpc']` of a Flow).
         protocol: `'grpc'` or `'http'`.
-        token: the gateway's token, when it has one (sent as a bearer token).
-        tls / ca_file: connect with TLS; `ca_file` trusts a self-signed certificate.
+        **kwargs: `token` (the gateway's token, sent as a bearer token), `tls=True` and `ca_file`
+            (trust a self-signed certificate), `max_message_size`.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, protocol: str = "grpc", **kwargs: Any) -> None:

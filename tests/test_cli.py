@@ -310,7 +310,7 @@ def test_start_up_summary_lists_every_address() -> None:
         text = console.export_text()
         rows = addresses(flow)
         line = summary_line(flow)
-    grpc_port, http_port = flow.ports["grpc"], flow.ports["http"]
+        grpc_port, http_port = flow.ports["grpc"], flow.ports["http"]
     assert f"grpc://127.0.0.1:{grpc_port}" in text and f"http://127.0.0.1:{http_port}" in text
     assert f"http://127.0.0.1:{http_port}/docs" in text and f"http://127.0.0.1:{http_port}/metrics" in text
     assert "Flow 'summary' is ready to serve" in text

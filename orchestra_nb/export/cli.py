@@ -52,7 +52,7 @@ def _common(func: F) -> F:
 
 @click.group("export")
 def export_group() -> None:
-    """Export a Flow or Deployment YAML to Docker Compose or Kubernetes (offline, no Docker needed)."""
+    """Export a Flow/Deployment YAML: Compose, Kubernetes, flowchart, JSON Schema (offline, no Docker)."""
 
 
 @export_group.command("flowchart")

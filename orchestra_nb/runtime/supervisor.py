@@ -131,7 +131,7 @@ class Supervisor:
             "kind": "worker", "spec": ex, "replica_id": replica, "shard_id": shard, "host": host,
             "port": int(port), "base_dir": self.base_dir, "device": device_env.pop("_device", "cpu"),
             "title": f"orchestra-nb: {self.spec.name}/{name}/{replica}" + (f"/shard{shard}" if ex.shards > 1 else ""),
-            "log_name": name, "log_config": self.spec.log_config,
+            "log_name": f"{name}/shard{shard}" if ex.shards > 1 else name, "log_config": self.spec.log_config,
             "metrics_port": free_port(host) if self.spec.gateway.metrics else None,
             "tracing": self._tracing(f"{name}/{replica}" + (f"/shard{shard}" if ex.shards > 1 else "")),
         }

@@ -159,3 +159,26 @@ class SqliteStore(Executor):
 
     def close(self) -> None:
         self.db.close()
+
+
+class Stat(Executor):
+    """Serves endpoints named like the gateway's own HTTP routes (core audit)."""
+
+    @requests(on="/status")
+    def status(self, docs: DocList[Doc]) -> None:
+        for d in docs:
+            d.text = "status-handler"
+
+    @requests(on="/post")
+    def post(self, docs: DocList[Doc]) -> None:
+        for d in docs:
+            d.text = "post-handler"
+
+
+class Params(Executor):
+    """Records, under its own name, the parameters it was called with (core audit)."""
+
+    @requests
+    def record(self, docs: DocList[Doc], parameters: dict[str, Any]) -> None:
+        for d in docs:
+            d.tags[self.runtime_args.name] = dict(parameters)

@@ -167,9 +167,13 @@ def test_ports_are_free_after_close_and_titles_and_sigint() -> None:
                 title = f.read().split(b"\0")[0].decode()
             assert title.startswith("orchestra-nb: tagger/"), title
         # a notebook interrupt signals the whole group: children must ignore SIGINT
-        for pid in dep.pids():
+        before = sorted(dep.pids())
+        for pid in before:
             os.kill(pid, signal.SIGINT)
-        assert dep.post("/x", Doc(text="after sigint")).texts == ["after sigint"]
+        for i in range(20):  # long enough for a child that took the SIGINT to die and be restarted
+            assert dep.post("/x", Doc(text=f"after sigint {i}")).texts == [f"after sigint {i}"]
+        assert sorted(dep.pids()) == before and all(pid_alive(p) for p in before)
+        assert all(c.restarts == 0 for c in dep._supervisor.children())
     for port in ports:
         with socket.socket() as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -126,6 +126,18 @@ def test_parameters_that_are_not_json_say_so(flow: Flow) -> None:
         flow.post("/any", Doc(), parameters={"threshold": np.float32(0.5)})
 
 
+@pytest.mark.xfail(strict=True, reason="bug: docs.to_array accepts a list of strings or mixed values as a "
+                   "tensor (numpy makes a '<U21' array), so an HTTP body with tensor [1, 'a'] reaches the "
+                   "executor and fails there as a 500 blamed on it; fix: refuse non-numeric dtypes in to_array")
+def test_a_non_numeric_tensor_over_http_is_a_422(flow: Flow) -> None:
+    import httpx
+
+    r = httpx.post(f"http://127.0.0.1:{flow.ports['http']}/post", timeout=10,
+                   json={"on": "/any", "docs": [{"tensor": [1, "a"]}]})
+    assert r.status_code == 422, r.text
+    assert "tensor" in r.json()["error"]["message"]
+
+
 CLOSED = """
 import socket, sys
 from orchestra_nb import Client, Doc

@@ -103,7 +103,11 @@ def _request(on: str, batch: list[Any], params: dict[str, Any], target: str | No
     request = Frame()
     request.header.request_id = uuid.uuid4().hex
     request.header.endpoint = on
-    request.header.parameters = json.dumps(params).encode()
+    try:
+        request.header.parameters = json.dumps(params).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"parameters must be JSON (strings, numbers, lists, dicts): {exc}; e.g. use "
+                        "float(x) for a numpy number") from None
     if target:
         request.header.target_executor = target
     request.docs = codec.encode(batch)
@@ -202,12 +206,14 @@ class GrpcPoster:
             answers.append(_answer(reply, return_type))
 
         batches = _batches(inputs, request_size)
-        first = next(batches)
+        first = next(batches, None)
+        if first is None:  # an empty list of inputs: nothing to send
+            return DocList()
         second = next(batches, None)
         if second is None:  # one request: a plain blocking call is cheaper than a future
             try:
                 reply = self._call(_request(on, first, params, target_executor), timeout=timeout,
-                                   metadata=metadata, wait_for_ready=True)
+                                   metadata=metadata, wait_for_ready=False)
             except grpc.RpcError as exc:
                 raise TransportError(f"gRPC call to {self.address} failed: {exc.code().name}: "
                                      f"{exc.details()}") from None
@@ -218,7 +224,7 @@ class GrpcPoster:
                 if len(pending) >= max(1, prefetch):
                     settle(pending.popleft())
                 pending.append(self._call.future(request, timeout=timeout, metadata=metadata,
-                                                 wait_for_ready=True))
+                                                 wait_for_ready=False))
             while pending:
                 settle(pending.popleft())
         except BaseException:
@@ -294,6 +300,8 @@ class AsyncClient:
                    prefetch: int = 8) -> DocList[Any]:
         """Send docs to endpoint `on`; returns the docs that come back, with `.results`."""
         _check_post(on, request_size, target_executor)
+        if hasattr(inputs, "__aiter__"):  # an async iterator of docs: gather them first
+            inputs = [doc async for doc in inputs]
         self._ensure()
         params = parameters or {}
         semaphore = asyncio.Semaphore(max(1, prefetch))
@@ -319,7 +327,7 @@ class AsyncClient:
 
         request = _request(on, batch, params, target)
         try:
-            reply = await self._call(request, timeout=timeout, metadata=self._metadata(), wait_for_ready=True)
+            reply = await self._call(request, timeout=timeout, metadata=self._metadata(), wait_for_ready=False)
         except grpc.aio.AioRpcError as exc:
             raise TransportError(f"gRPC call to {self.host}:{self.port} failed: {exc.code().name}: "
                                  f"{exc.details()}") from None

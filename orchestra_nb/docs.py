@@ -28,8 +28,9 @@ def to_array(value: Any) -> np.ndarray[Any, Any]:
         return np.asarray(value.detach().cpu().numpy())
     if isinstance(value, (list, tuple, int, float)):
         arr = np.asarray(value)
-        if arr.dtype == object:
-            raise ValueError("a tensor must be a rectangular nested list of numbers")
+        if arr.dtype == object or arr.dtype.kind not in "biufc":
+            raise ValueError("a tensor must be a rectangular nested list of numbers (booleans, integers, "
+                             f"floats or complex), got {(arr.dtype.kind == 'U' and 'text') or arr.dtype}")
         return arr
     raise ValueError(f"expected a numpy array, a nested list of numbers or a torch tensor, got {type(value).__name__}")
 

@@ -143,8 +143,13 @@ class _StreamServer:
         self._server = server
         self._connections = connections
 
-    def close(self) -> None:
+    async def close(self, grace: float = 2.0) -> None:
+        """Stop accepting connections, let the requests in flight finish (up to `grace` seconds), then
+        close the connections: a replica that is scaled away or rolled answers what it already took."""
         self._server.close()
+        tasks = [t for conn in self._connections for t in conn.tasks]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
         for conn in list(self._connections):
             if conn.transport is not None:
                 conn.transport.close()

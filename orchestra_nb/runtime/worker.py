@@ -290,7 +290,7 @@ async def run_worker(config: dict[str, Any], status: Status) -> None:
     await stop.wait()
     await health_servicer.enter_graceful_shutdown()
     if stream_server is not None:
-        stream_server.close()
+        await stream_server.close(grace=2.0)
     await server.stop(grace=2.0)
     try:
         await loop.run_in_executor(pool, executor.close)

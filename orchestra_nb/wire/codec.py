@@ -61,7 +61,7 @@ def encode(docs: Iterable[Any]) -> bytes:
                 raise WireError(f"cannot send an array of dtype {value.dtype}: only bool, integer, float "
                                 "and complex arrays travel on the wire")
             arr = value if value.flags.c_contiguous else value.copy(order="C")  # keeps 0-d arrays 0-d
-            buffers.append(memoryview(arr).cast("B"))  # type: ignore[arg-type]
+            buffers.append(memoryview(arr.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]  # 0-d, empty too
             return {"$nd": [len(buffers) - 1, arr.dtype.str, list(arr.shape)]}
         if isinstance(value, (bytes, bytearray, memoryview)):
             buffers.append(memoryview(value).cast("B"))

@@ -27,10 +27,15 @@ def to_array(value: Any) -> np.ndarray[Any, Any]:
         # a torch tensor: detach and move to host memory without importing torch ourselves
         return np.asarray(value.detach().cpu().numpy())
     if isinstance(value, (list, tuple, int, float)):
-        arr = np.asarray(value)
+        try:
+            arr = np.asarray(value)
+        except ValueError:  # ragged: rows of different lengths
+            raise ValueError("a tensor must be a rectangular nested list of numbers; its rows differ in "
+                             "length") from None
         if arr.dtype == object or arr.dtype.kind not in "biufc":
+            got = "text" if arr.dtype.kind == "U" else str(arr.dtype)
             raise ValueError("a tensor must be a rectangular nested list of numbers (booleans, integers, "
-                             f"floats or complex), got {(arr.dtype.kind == 'U' and 'text') or arr.dtype}")
+                             f"floats or complex), got {got}")
         return arr
     raise ValueError(f"expected a numpy array, a nested list of numbers or a torch tensor, got {type(value).__name__}")
 

@@ -123,9 +123,6 @@ def test_a_non_numeric_tensor_over_http_is_a_422(flow: Flow) -> None:
     assert "tensor" in r.json()["error"]["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="unclear error: the gateway is (by design) not restarted, but after "
-                   "it dies f.post raises gRPC's raw 'UNAVAILABLE: failed to connect to all addresses' and the "
-                   "Flow still says ready; fix: _ready_client checks the gateway child and names it")
 def test_a_dead_gateway_is_named_when_posting() -> None:
     import os
     import signal

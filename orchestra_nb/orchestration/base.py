@@ -333,6 +333,11 @@ class Orchestration:
             hint = "use `with f:` or call f.start() first" if self.state in (State.CREATED, State.CLOSED) else \
                 "wait until it is ready"
             raise LifecycleError(f"cannot {action} {self._kind} {self.name!r}: it is {self.state.value}; {hint}")
+        gateway = self._supervisor.gateway if self._supervisor is not None else None
+        if gateway is not None and gateway.state in ("exited", "failed"):  # the gateway is never restarted
+            code = gateway.proc.returncode if gateway.proc is not None else "?"
+            raise LifecycleError(f"cannot {action} {self._kind} {self.name!r}: its gateway exited (code {code}) "
+                                 "and is not restarted; call close() and start() again")
         return self._client, self._loop
 
     def post(self, on: str, inputs: Any = None, parameters: dict[str, Any] | None = None, **kwargs: Any) -> DocList[Any]:

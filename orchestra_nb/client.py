@@ -122,6 +122,20 @@ def _answer(reply: Any, return_type: type[BaseModel]) -> tuple[list[Any], dict[s
     return docs, {k: json.loads(v) for k, v in reply.header.results.items()}
 
 
+def _grpc_error(address: str, exc: Any) -> TransportError:
+    """A failed gRPC call as a TransportError that says what to do about the common causes."""
+    code = exc.code().name
+    hint = ""
+    if code == "RESOURCE_EXHAUSTED":
+        hint = (" — a request or answer is over the message size limit: pass a larger max_message_size= "
+                "to the Flow/Deployment (and the Client), or send fewer docs per request (request_size=)")
+    elif code == "UNAVAILABLE":
+        hint = " — is the Flow running, and is this its gRPC port (f.ports['grpc'])?"
+    elif code == "UNAUTHENTICATED":
+        hint = " — pass the gateway's token: Client(..., token=...)"
+    return TransportError(f"gRPC call to {address} failed: {code}: {exc.details()}{hint}")
+
+
 def _collect(answers: list[tuple[list[Any], dict[str, Any]]]) -> DocList[Any]:
     out: DocList[Any] = DocList(d for docs, _ in answers for d in docs)
     for _, results in answers:
@@ -201,8 +215,7 @@ class GrpcPoster:
             except grpc.RpcError as exc:
                 for other in pending:
                     other.cancel()
-                raise TransportError(f"gRPC call to {self.address} failed: {exc.code().name}: "
-                                     f"{exc.details()}") from None
+                raise _grpc_error(self.address, exc) from None
             answers.append(_answer(reply, return_type))
 
         batches = _batches(inputs, request_size)
@@ -215,8 +228,7 @@ class GrpcPoster:
                 reply = self._call(_request(on, first, params, target_executor), timeout=timeout,
                                    metadata=metadata, wait_for_ready=False)
             except grpc.RpcError as exc:
-                raise TransportError(f"gRPC call to {self.address} failed: {exc.code().name}: "
-                                     f"{exc.details()}") from None
+                raise _grpc_error(self.address, exc) from None
             return _collect([_answer(reply, return_type)])
         try:
             for batch in itertools.chain((first, second), batches):
@@ -329,8 +341,7 @@ class AsyncClient:
         try:
             reply = await self._call(request, timeout=timeout, metadata=self._metadata(), wait_for_ready=False)
         except grpc.aio.AioRpcError as exc:
-            raise TransportError(f"gRPC call to {self.host}:{self.port} failed: {exc.code().name}: "
-                                 f"{exc.details()}") from None
+            raise _grpc_error(f"{self.host}:{self.port}", exc) from None
         return _answer(reply, return_type)
 
     async def _post_http(self, on: str, batch: list[Any], params: dict[str, Any], target: str | None,

@@ -366,3 +366,13 @@ def test_a_missing_class_fails_with_the_message_not_our_traceback() -> None:
         dep.start()
     assert "no Executor class of that name" in str(info.value) and "Tagger" in str(info.value)
     assert "Traceback" not in info.value.remote_traceback
+
+
+def test_a_message_over_the_limit_names_the_option() -> None:
+    from orchestra_nb.errors import TransportError
+    from tests.executors import Echo
+
+    with Deployment(uses=Echo, max_message_size=1000) as dep:  # the floor is gRPC's default, 4 MB
+        with pytest.raises(TransportError, match="max_message_size="):
+            dep.post("/x", Doc(tensor=np.zeros(1_000_000)))  # 8 MB
+        assert dep.post("/x", Doc(text="small")).texts == ["small"]

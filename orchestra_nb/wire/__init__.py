@@ -17,6 +17,7 @@ def grpc_options(max_message: int) -> list[tuple[str, Any]]:
     control window (instead of bandwidth-delay probing that starts small) roughly halve the time of a
     multi-megabyte message on loopback here; `ORCHESTRA_GRPC_TUNING=0` turns that part off.
     """
+    max_message = max(max_message, 4 * 1024 * 1024)  # never below gRPC's default: Info answers need room
     options: list[tuple[str, Any]] = [
         ("grpc.max_send_message_length", max_message),
         ("grpc.max_receive_message_length", max_message),

@@ -167,13 +167,9 @@ class Router:
         if any(n.serves(endpoint) for n in self.nodes.values()):
             return None
         served = sorted({ep for eps in known if eps for ep in eps if ep != "*"})
-        out = Frame()
-        out.header.CopyFrom(request.header)
-        out.header.status = STATUS_BAD_REQUEST
-        out.header.error.type = "UnknownEndpoint"
-        out.header.error.endpoint = endpoint
+        out = self._bad_request(request, "UnknownEndpoint",
+                                f"no executor serves endpoint {endpoint!r}; the endpoints are {served}")
         out.header.error.executor = ", ".join(self.nodes)
-        out.header.error.message = (f"no executor serves endpoint {endpoint!r}; the endpoints are {served}")
         return out
 
     async def set_addresses(self, name: str, addresses: list[list[str]]) -> None:

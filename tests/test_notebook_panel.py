@@ -6,6 +6,7 @@ Scripted snapshots and log lines go through the same seams the refresh thread us
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import sys
@@ -118,7 +119,7 @@ def test_log_buffer_is_bounded() -> None:
         panel.close()
 
 
-def test_panel_tracks_a_running_flow_and_stops_with_it() -> None:
+def test_panel_tracks_a_running_flow_through_stop_and_restart() -> None:
     flow = Flow(name=f"panel-live-{os.getpid()}", protocol=["grpc", "http"]).add(
         uses=Upper, name="up", replicas=2).add(name="b")
     panel = Panel(flow, interval=0.2, min_gap=0.05)
@@ -138,11 +139,43 @@ def test_panel_tracks_a_running_flow_and_stops_with_it() -> None:
 
         panel._on_stop(panel.stop_button)  # the Stop button closes the orchestration
         assert flow.state.value == "closed"
-        poll_for(lambda: not panel.running, timeout=10, what="the refresh thread to stop")
-        assert 'data-state="closed"' in panel.header.value
+        poll_for(lambda: 'data-state="closed"' in panel.header.value, timeout=10, what="the closed state")
+        assert panel.stop_button.disabled
+        assert panel.running  # idle, waiting for the same Flow to be started again
+
+        # started again in another cell: the same panel follows the new run, replicas with new pids
+        old_pids = set(flow.pids())
+        flow.start()
+        assert flow.post("/up", [Doc(text="again")]).texts == ["AGAIN"]
+        new_pids = set(flow.pids())
+        assert not old_pids & new_pids
+        poll_for(lambda: 'data-state="ready"' in panel.header.value
+                 and panel.status_html.value.count('data-state="ready"') == 4,
+                 timeout=10, what="the restarted Flow's ready replicas in the same panel")
+        poll_for(lambda: all(re.search(rf"\b{pid}\b", panel.status_html.value) for pid in new_pids),
+                 timeout=10, what="the new processes' pids in the Status tab")
+        assert not panel.stop_button.disabled
+        assert f"http://127.0.0.1:{flow.ports['http']}/docs" in panel.endpoints_html.value
+        panel.stop()
+        assert not panel.running
         assert panel.add_line not in flow._listeners
     finally:
         flow.close()
+        panel.stop()
+
+
+def test_panel_thread_ends_when_its_flow_is_garbage_collected() -> None:
+    flow = Flow(name=f"panel-gc-{os.getpid()}").add(uses=Upper, name="up")
+    panel = Panel(flow, interval=0.1, min_gap=0.02)
+    try:
+        flow.start()
+        flow.close()
+        poll_for(lambda: 'data-state="closed"' in panel.header.value, timeout=10, what="the closed state")
+        assert panel.running
+        del flow
+        gc.collect()
+        poll_for(lambda: not panel.running, timeout=10, what="the refresh thread to end with its Flow")
+    finally:
         panel.stop()
 
 
@@ -377,8 +410,7 @@ def test_panel_shows_why_a_start_without_waiting_failed() -> None:
         page = panel.progress_html.value
         assert "data-executor='broken' data-phase='failed'" in page
         assert "cannot load the model: weights missing" in page  # the replica's own error, in the bar
-        poll_for(lambda: not panel.running, timeout=10, what="the refresh thread to end")
-        assert 'data-state="failed"' in panel.header.value
+        poll_for(lambda: 'data-state="failed"' in panel.header.value, timeout=10, what="the failed state")
     finally:
         flow.close()
         panel.stop()

@@ -11,8 +11,10 @@ the listener only appends to a bounded buffer and wakes the refresh thread. Coun
 daemon thread per panel renders, at most once every `min_gap` seconds however fast lines arrive, and
 only ever assigns widget values: a background thread that printed would write into whatever cell runs
 at that moment. Any exception in it lands in the panel's error line, never on stdout. The thread holds
-the orchestration only by weak reference and stops after a final render once the orchestration is
-closed or failed, or when the panel is closed.
+the orchestration only by weak reference: it ends when the orchestration is garbage-collected or the
+panel is stopped. Once the orchestration is closed or failed it renders that state once and then only
+looks, every `interval` seconds, whether it was started again (`f.close()` in one cell, `f.start()` in
+another): the same panel then follows the new run, so it never has to be displayed again.
 
 The Status tab also shows, above the table, what a user would rather look at than read:
 
@@ -301,7 +303,7 @@ class Panel:
         try:
             while not self._stop.is_set():
                 # while replicas come up, show their states as they change; then poll the counters
-                self._wake.wait(self.interval if state == "ready" else self.min_gap)
+                self._wake.wait(self.interval if state == "ready" or state in _FINAL_STATES else self.min_gap)
                 self._wake.clear()
                 if self._stop.is_set():
                     break
@@ -315,7 +317,9 @@ class Panel:
                 try:
                     self._watch_progress(orch)
                     now = time.monotonic()
-                    if state != "ready" or state != previous or now - last_status >= self.interval:
+                    # a closed orchestration's status does not change until it is started again
+                    idle = state in _FINAL_STATES or (state == "ready" and now - last_status < self.interval)
+                    if state != previous or not idle:
                         self.apply(snapshot(orch))
                         last_status = now
                         self.error_html.value = ""
@@ -326,8 +330,6 @@ class Panel:
                 except Exception as exc:  # never print from this thread; show it in the panel
                     self.error_html.value = f'<span style="color:#c62828">panel: {html.escape(repr(exc))}</span>'
                 last_render = time.monotonic()
-                if state in _FINAL_STATES:
-                    break
                 del orch
         finally:
             self._detach()
@@ -384,8 +386,7 @@ def make_panel(orch: Any) -> Any:
     """The live widget of `orch` (one per orchestration, rebuilt after its refresh thread ended)."""
     with _panels_lock:
         panel = _panels.get(orch)
-        state = getattr(orch.state, "value", str(orch.state))
-        if panel is None or (not panel.running and state not in _FINAL_STATES):
+        if panel is None or not panel.running:
             if panel is not None:
                 panel.stop()
             panel = Panel(orch)

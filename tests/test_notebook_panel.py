@@ -173,8 +173,11 @@ def test_panel_thread_ends_when_its_flow_is_garbage_collected() -> None:
         poll_for(lambda: 'data-state="closed"' in panel.header.value, timeout=10, what="the closed state")
         assert panel.running
         del flow
-        gc.collect()
-        poll_for(lambda: not panel.running, timeout=10, what="the refresh thread to end with its Flow")
+
+        def ended() -> bool:
+            gc.collect()  # the Flow and its supervisor refer to each other; the log readers finish draining
+            return not panel.running
+        poll_for(ended, timeout=10, what="the refresh thread to end with its Flow")
     finally:
         panel.stop()
 

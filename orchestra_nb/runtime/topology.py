@@ -351,8 +351,8 @@ class Router:
             replica.outstanding += 1
             try:
                 return await replica.call(request, timeout=node.spec.timeout_send, wait_for_ready=False)  # type: ignore[no-any-return]
-            except (StreamError, TimeoutError) as exc:
-                if isinstance(exc, TimeoutError):
+            except (StreamError, asyncio.TimeoutError) as exc:  # not the builtin TimeoutError before 3.11
+                if isinstance(exc, asyncio.TimeoutError):
                     last_error = f"no answer within timeout_send={node.spec.timeout_send} s"
                     break
                 last_error = f"UNAVAILABLE: {exc}"

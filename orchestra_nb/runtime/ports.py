@@ -1,13 +1,60 @@
-"""Free ports, chosen by the parent so that every process can start at the same time."""
+"""Free ports, chosen by the parent so that every process can start at the same time.
+
+The port the kernel hands out for `bind(('', 0))` comes from its ephemeral range, the same range it
+takes the local end of every outgoing connection from. Between the parent's probe and the child's own
+bind, any client or gRPC channel on the machine can take that port, and the child fails with "Failed to
+bind". So ports are drawn at random from below the ephemeral range, where the kernel never puts an
+outgoing connection, each checked by binding it, and none handed out twice by one process in a row.
+Only when no such port is found does the kernel choose.
+"""
 
 from __future__ import annotations
 
+import collections
+import random
 import socket
+import threading
 
-__all__ = ["free_port"]
+__all__ = ["free_port", "port_range"]
+
+_LOWEST = 20000  # below this sit many well-known services
+_ATTEMPTS = 64
+_random = random.SystemRandom()  # a user's random.seed() must not make two processes pick alike
+_given: collections.deque[int] = collections.deque(maxlen=512)
+_lock = threading.Lock()
+
+
+def port_range() -> tuple[int, int]:
+    """The ports drawn from: [lowest, start of the ephemeral range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            start = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        start = 32768  # Linux's default; macOS and Windows start higher still
+    return _LOWEST, start
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host if host not in ("0.0.0.0", "") else "", 0))
-        return int(sock.getsockname()[1])
+    host = "" if host in ("0.0.0.0", "") else host
+    low, high = port_range()
+    with _lock:
+        if high - low >= 1000:
+            for _ in range(_ATTEMPTS):
+                port = _random.randrange(low, high)
+                if port not in _given and _bindable(host, port):
+                    _given.append(port)
+                    return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        _given.append(port)
+        return port

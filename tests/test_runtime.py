@@ -329,6 +329,32 @@ def test_bad_port_and_log_level_fail_before_anything_starts(monkeypatch: pytest.
     assert dep.pids() == []
 
 
+def test_a_fixed_port_in_use_fails_before_anything_starts_and_a_restart_reuses_it() -> None:
+    from orchestra_nb import Flow
+    from orchestra_nb.runtime.ports import free_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        for make, what in [(lambda: Deployment(uses=Tagger, port=taken), "gateway's grpc front door"),
+                           (lambda: Flow().add(uses=Tagger, name="tag", port=taken), "executor 'tag'")]:
+            orch = make()
+            with pytest.raises(ConfigError, match=rf"{what} cannot listen on 127.0.0.1:{taken}: the port is in use"):
+                orch.start()
+            assert orch.pids() == [] and orch.state.value != "ready"
+
+    # the same fixed ports again right after close, while the last connections sit in TIME_WAIT
+    grpc_port, http_port = free_port(), free_port()
+    dep = Deployment(uses=Tagger, port=[grpc_port, http_port], protocol=["grpc", "http"])
+    for round_ in range(2):
+        with dep:
+            assert dep.ports == {"grpc": grpc_port, "http": http_port}
+            assert dep.post("/x", Doc(text=f"round {round_}")).texts == [f"round {round_}"]
+            with Client(port=http_port, protocol="http") as client:
+                assert client.post("/x", Doc(text="http")).texts == ["http"]
+
+
 def test_python_api_mistakes_get_the_closest_valid_name() -> None:
     from orchestra_nb import Executor, Flow
 

@@ -15,7 +15,7 @@ import random
 import socket
 import threading
 
-__all__ = ["free_port", "port_range"]
+__all__ = ["check_free", "free_port", "port_range"]
 
 _LOWEST = 20000  # below this sit many well-known services
 _ATTEMPTS = 64
@@ -36,6 +36,8 @@ def port_range() -> tuple[int, int]:
 
 def _bindable(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # as gRPC and uvicorn bind: a port whose last connections wait in TIME_WAIT is free to listen on
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -58,3 +60,14 @@ def free_port(host: str = "127.0.0.1") -> int:
             port = int(sock.getsockname()[1])
         _given.append(port)
         return port
+
+
+def check_free(host: str, port: int, what: str) -> None:
+    """Raise a ConfigError naming `what` when `port`, given by the user, cannot be listened on."""
+    from orchestra_nb.errors import ConfigError
+
+    if not _bindable("" if host in ("0.0.0.0", "") else host, port):
+        raise ConfigError(f"{what} cannot listen on {host}:{port}: the port is in use (another Flow, a "
+                          f"previous run of this cell, or another program) or {host!r} is not an address of "
+                          f"this machine. Choose another port, or leave the port out and a free one is "
+                          f"chosen; `%orchestra ls` lists what this kernel still runs.")

@@ -21,7 +21,7 @@ from typing import Any
 
 from orchestra_nb.errors import ExecutorStartupError, LifecycleError
 from orchestra_nb.logs import get_logger
-from orchestra_nb.runtime.ports import free_port
+from orchestra_nb.runtime.ports import check_free, free_port
 from orchestra_nb.runtime.process import ChildProcess
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
 
@@ -89,11 +89,24 @@ class Supervisor:
         self._sockets += 1
         return f"{host}:{port}#{os.path.join(self._socket_dir, f'r{self._sockets}.sock')}"
 
+    def _check_fixed_ports(self) -> None:
+        """Ports the spec fixes must be free before any process starts: a clear error, nothing left."""
+        gw = self.spec.gateway
+        for ex in self.spec.executors:
+            fixed = ex.port if isinstance(ex.port, list) else ([ex.port] if ex.port else [])
+            for port in fixed[:ex.shards * ex.replicas]:
+                check_free(ex.host, port, f"executor {ex.name or 'executor'!r}")
+        for protocol in gw.protocol:
+            front = gw.port_for(protocol)
+            if front:
+                check_free(gw.host, front, f"the gateway's {protocol} front door")
+
     def plan(self) -> None:
         import tempfile
 
         from orchestra_nb.runtime.devices import assign_devices, discover
 
+        self._check_fixed_ports()
         if self._socket_dir is None and sys.platform != "win32":
             self._socket_dir = tempfile.mkdtemp(prefix="orchestra-nb-")  # mode 0700: this user only
 

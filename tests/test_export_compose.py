@@ -29,6 +29,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orchestra_nb import Client, Doc, DocList, Executor, Flow, requests
+from orchestra_nb.errors import TransportError
 from orchestra_nb.runtime.ports import free_port
 from tests.helpers import poll_for
 
@@ -281,3 +282,58 @@ def test_compose_keeps_the_token_out_of_the_yaml_and_image(tmp_path: Path) -> No
     gateway = yaml.safe_load(text)["services"]["gateway"]
     assert gateway["environment"]["ORCHESTRA_GATEWAY_TOKEN"].startswith("${ORCHESTRA_GATEWAY_TOKEN:?")
     assert "environment" not in yaml.safe_load(text)["services"]["s"]
+
+
+@pytest.mark.slow
+def test_compose_tls_gateway_runs_with_its_mounted_certificate(tmp_path: Path, services: Services) -> None:
+    """The gateway service mounts the local certificate and key read-only where its Flow YAML points;
+    run as local processes (each mount as the file it names), it answers over TLS on both front doors
+    and its healthcheck passes."""
+    from tests.test_tunnel import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    flow = Flow(name="tls", protocol=["grpc", "http"], ssl_certfile=str(cert), ssl_keyfile=str(key)).add(
+        uses=Shout, name="s")
+    document = yaml.safe_load(flow.to_docker_compose_yaml(str(tmp_path / "docker-compose.yml")))
+    _validate(document)
+    gateway = document["services"]["gateway"]
+    assert gateway["volumes"] == [f"{cert}:/etc/orchestra/tls/tls.crt:ro", f"{key}:/etc/orchestra/tls/tls.key:ro"]
+    app_dir = tmp_path / "tls-build"
+    flow_text = (app_dir / "flow.yml").read_text()
+    assert str(tmp_path) not in flow_text and key.read_text().splitlines()[1] not in flow_text
+
+    ports = {"s": free_port("127.0.0.1")}
+    command = _localize(document["services"]["s"]["command"], app_dir, ports)
+    command[command.index("--port") + 1] = str(ports["s"])
+    services.start("s", command, {})
+    poll_for(lambda: (services.check_alive(), _healthy(ports["s"]))[1], timeout=60,
+             what="the executor service to be healthy")
+
+    # the container's view of its mounts: the gateway's YAML, with each mount target as its source file
+    mounted = flow_text
+    for volume in gateway["volumes"]:
+        source, target, _mode = volume.split(":")
+        mounted = mounted.replace(target, source)
+    (app_dir / "flow.gateway.yml").write_text(mounted)
+    command = _localize(gateway["command"], app_dir, ports)
+    command[command.index("--uses") + 1] = str(app_dir / "flow.gateway.yml")
+    published = {int(p.split(":")[1]): free_port("127.0.0.1") for p in gateway["ports"]}
+    command = [str(published[int(a)]) if command[i - 1] == "--port" else a for i, a in enumerate(command)]
+    services.start("gateway", command, {})
+    local = dict(zip([command[i + 1] for i, a in enumerate(command) if a == "--protocol"], published.values(),
+                     strict=True))
+
+    test = gateway["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"] and "https://127.0.0.1:8000/health" in test[3]
+    probe = [sys.executable, "-c", test[3].replace(":8000/", f":{local['http']}/")]
+
+    def gateway_healthy() -> bool:
+        services.check_alive()
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+
+    poll_for(gateway_healthy, timeout=60, what="the TLS gateway's healthcheck to pass")
+    for protocol, port in local.items():
+        with Client(port=port, protocol=protocol, tls=True, ca_file=str(cert)) as client:
+            assert client.post("/shout", [Doc(text="tls")]).texts == ["TLS!"], protocol
+        with Client(port=port, protocol=protocol) as plain, pytest.raises(TransportError):
+            plain.post("/shout", [Doc(text="plain")], timeout=5)

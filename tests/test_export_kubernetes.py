@@ -6,6 +6,7 @@ strict mode (unknown fields are errors).
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Any
 
@@ -157,3 +158,43 @@ def test_kubernetes_shards_each_run_the_executors_replicas(tmp_path: Path) -> No
     command = _container(objs[("Deployment", "gateway")])["command"]
     assert [command[i + 1] for i, a in enumerate(command) if a == "--executor-address"] == [
         "enc/shard0=enc-0.grid.svc:8081", "enc/shard1=enc-1.grid.svc:8081"]
+
+
+def test_kubernetes_tls_gateway_mounts_its_certificate_from_a_tls_secret(tmp_path: Path) -> None:
+    from tests.test_tunnel import self_signed_certificate
+
+    cert, key = self_signed_certificate(tmp_path)
+    for protocols, probe in [(["grpc", "http"], {"httpGet": {"path": "/health", "port": 8000, "scheme": "HTTPS"}}),
+                             (["grpc"], {"tcpSocket": {"port": 8080}})]:
+        out = tmp_path / f"k8s-{len(protocols)}"
+        Flow(name="tls", protocol=protocols, ssl_certfile=str(cert), ssl_keyfile=str(key)).add(
+            uses=Shout, name="s").to_kubernetes_yaml(str(out))
+        files = _objects(out)
+        _validate_all(files)
+        objs = _by_kind(files)
+        secret = objs[("Secret", "gateway-tls")]
+        assert secret["type"] == "kubernetes.io/tls"
+        assert base64.b64decode(secret["data"]["tls.crt"]) == cert.read_bytes()
+        assert base64.b64decode(secret["data"]["tls.key"]) == key.read_bytes()
+        gateway = objs[("Deployment", "gateway")]
+        container = _container(gateway)
+        assert {"name": "tls", "mountPath": "/etc/orchestra/tls", "readOnly": True} in container["volumeMounts"]
+        assert {"name": "tls", "secret": {"secretName": "gateway-tls", "defaultMode": 0o400}} in \
+            gateway["spec"]["template"]["spec"]["volumes"]
+        assert container["readinessProbe"] == {**probe, "periodSeconds": 5, "timeoutSeconds": 5}
+        # the Flow YAML the gateway loads points at the mount, and carries neither the local paths nor the key
+        flow_yml = yaml.safe_load(objs[("ConfigMap", "gateway-config")]["data"]["flow.yml"])
+        assert flow_yml["with"]["ssl_certfile"] == "/etc/orchestra/tls/tls.crt"
+        assert flow_yml["with"]["ssl_keyfile"] == "/etc/orchestra/tls/tls.key"
+        key_body = key.read_text().splitlines()[1]
+        leaked = [p for p in tmp_path.rglob("*") if p.is_file() and p != key and p.suffix != ".pem"
+                  and (key_body in p.read_text(errors="replace") or str(tmp_path) in p.read_text(errors="replace"))]
+        assert leaked == []
+        # executors talk plain gRPC inside the cluster and keep their native gRPC probe
+        assert _container(objs[("Deployment", "s")])["readinessProbe"]["grpc"] == {"port": 8081}
+
+
+def test_kubernetes_tls_files_must_exist(tmp_path: Path) -> None:
+    flow = Flow(name="tls", ssl_certfile="missing-cert.pem", ssl_keyfile="missing-key.pem").add(name="a")
+    with pytest.raises(ConfigError, match=r"ssl_certfile='missing-cert.pem': no such file"):
+        flow.to_kubernetes_yaml(str(tmp_path / "k8s"))

@@ -402,3 +402,12 @@ def test_a_message_over_the_limit_names_the_option() -> None:
         with pytest.raises(TransportError, match="max_message_size="):
             dep.post("/x", Doc(tensor=np.zeros(1_000_000)))  # 8 MB
         assert dep.post("/x", Doc(text="small")).texts == ["small"]
+
+
+def test_tls_needs_both_certificate_and_key() -> None:
+    from orchestra_nb import Flow
+
+    with pytest.raises(ConfigError, match="ssl_certfile is set but ssl_keyfile is not"):
+        Flow(ssl_certfile="cert.pem")
+    with pytest.raises(ConfigError, match="ssl_keyfile is set but ssl_certfile is not"):
+        Deployment(uses=Tagger, ssl_keyfile="key.pem")

@@ -12,8 +12,10 @@ service), Kubernetes one per shard (the replicas of a shard sit behind one Servi
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from orchestra_nb.errors import ConfigError
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
@@ -22,6 +24,9 @@ __all__ = [
     "APP_DIR",
     "EXECUTOR_PORT",
     "FLOW_FILE",
+    "TLS_CERT",
+    "TLS_DIR",
+    "TLS_KEY",
     "Container",
     "dns_name",
     "executor_address",
@@ -29,6 +34,7 @@ __all__ = [
     "gateway_command",
     "gateway_ports",
     "gpu_request",
+    "tls_files",
     "volume_target",
 ]
 
@@ -36,6 +42,11 @@ APP_DIR = "/app"
 FLOW_FILE = f"{APP_DIR}/flow.yml"
 EXECUTOR_PORT = 8081
 DEFAULT_GATEWAY_PORTS = {"grpc": 8080, "http": 8000}
+# the gateway's certificate and key inside its container, mounted from a Secret (Kubernetes) or the
+# local files (Compose); the names are those of a `kubernetes.io/tls` Secret
+TLS_DIR = "/etc/orchestra/tls"
+TLS_CERT = f"{TLS_DIR}/tls.crt"
+TLS_KEY = f"{TLS_DIR}/tls.key"
 
 _DNS_BAD = re.compile(r"[^a-z0-9-]+")
 
@@ -118,6 +129,26 @@ def gpu_request(ex: ExecutorSpec, replica: int | None = None) -> tuple[int, list
         ids = [str(g) for g in chosen] if isinstance(chosen, list) else [str(chosen)]
         return len(ids), ids
     return 1, None
+
+
+def tls_files(spec: FlowSpec, base_dir: str | None = None) -> tuple[Path, Path] | None:
+    """The gateway's local (certificate, key) files, checked to exist; None without TLS.
+
+    They are never copied into a build context or the Flow YAML: the export mounts them at run time.
+    """
+    gw = spec.gateway
+    if not (gw.ssl_certfile and gw.ssl_keyfile):
+        return None
+    found = []
+    for option, value in (("ssl_certfile", gw.ssl_certfile), ("ssl_keyfile", gw.ssl_keyfile)):
+        path = Path(os.path.expanduser(value))
+        if not path.is_absolute():
+            path = Path(base_dir or os.getcwd()) / path
+        if not path.is_file():
+            raise ConfigError(f"gateway {option}={value!r}: no such file ({path}); the export mounts the "
+                              "gateway's certificate and key into its container, so both must exist here")
+        found.append(path.resolve())
+    return found[0], found[1]
 
 
 def volume_target(volume: str) -> tuple[str | None, str]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from orchestra_nb._version import __version__
 from orchestra_nb.errors import ConfigError
-from orchestra_nb.export._plan import APP_DIR, dns_name
+from orchestra_nb.export._plan import APP_DIR, TLS_CERT, TLS_KEY, dns_name
 from orchestra_nb.export._source import class_module_source, needs_embedding
 from orchestra_nb.export._yaml import dump
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
@@ -139,8 +139,13 @@ def flow_yaml_files(spec: FlowSpec, base_dir: str | None = None) -> dict[str, st
     files: dict[str, str] = {}
     update: dict[str, Any] = {"executors": [
         _portable_executor(ex, base_dir or os.getcwd(), files) for ex in spec.executors]}
+    gateway: dict[str, Any] = {}
     if spec.gateway.token:
-        update["gateway"] = spec.gateway.model_copy(update={"token": TOKEN_REFERENCE})
+        gateway["token"] = TOKEN_REFERENCE
+    if spec.gateway.ssl_certfile and spec.gateway.ssl_keyfile:  # mounted there (see _plan.tls_files)
+        gateway.update(ssl_certfile=TLS_CERT, ssl_keyfile=TLS_KEY)
+    if gateway:
+        update["gateway"] = spec.gateway.model_copy(update=gateway)
     portable = spec.model_copy(update=update)
     try:
         from orchestra_nb.spec.yaml import save_config  # type: ignore[import-not-found, unused-ignore]

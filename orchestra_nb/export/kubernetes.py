@@ -16,6 +16,7 @@ the standard health service (GA since Kubernetes 1.27).
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,14 @@ from orchestra_nb.errors import ConfigError
 from orchestra_nb.export._plan import (
     EXECUTOR_PORT,
     FLOW_FILE,
+    TLS_DIR,
     dns_name,
     executor_address,
     executor_command,
     gateway_command,
     gateway_ports,
     gpu_request,
+    tls_files,
     volume_target,
 )
 from orchestra_nb.export._yaml import dump_all
@@ -57,9 +60,14 @@ def _config_map(name: str, namespace: str, labels: dict[str, str], flow_yaml: st
             "data": {"flow.yml": flow_yaml}}
 
 
-def _probes(port: int | None, http_port: int | None) -> dict[str, Any]:
-    if port is not None:
-        probe: dict[str, Any] = {"grpc": {"port": port}}
+def _probes(port: int | None, http_port: int | None, tls: bool = False) -> dict[str, Any]:
+    probe: dict[str, Any]
+    if tls and http_port is not None:  # an HTTPS probe does not verify the certificate
+        probe = {"httpGet": {"path": "/health", "port": http_port, "scheme": "HTTPS"}}
+    elif tls:  # Kubernetes' gRPC probe cannot speak TLS: a TCP connect is what it can check
+        probe = {"tcpSocket": {"port": port}}
+    elif port is not None:
+        probe = {"grpc": {"port": port}}
     else:
         probe = {"httpGet": {"path": "/health", "port": http_port}}
     return {
@@ -139,8 +147,10 @@ def _executor_objects(spec: FlowSpec, ex: ExecutorSpec, ctx: BuildContext, names
     return objects, addresses
 
 
-def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None = None) -> dict[str, list[dict[str, Any]]]:
+def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None = None,
+                       base_dir: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """The objects of the export, per file name."""
+    tls = tls_files(spec, base_dir)
     flow = dns_name(spec.name, "Flow name")
     ns = dns_name(namespace, "k8s_namespace") if namespace else flow
     files: dict[str, list[dict[str, Any]]] = {
@@ -161,9 +171,16 @@ def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None 
         "command": gateway_command(spec, addresses),
         "ports": [{"name": p, "containerPort": port} for p, port in ports.items()],
         **_env({**spec.env, **spec.gateway.env}),
-        **_probes(ports.get("grpc"), ports.get("http")),
+        **_probes(ports.get("grpc"), ports.get("http"), tls=tls is not None),
     }
     meta = {"name": "gateway", "namespace": ns, "labels": labels}
+    tls_secret: list[dict[str, Any]] = []
+    if tls is not None:  # a kubernetes.io/tls Secret, mounted where the exported YAML points the gateway
+        cert, key = (base64.b64encode(path.read_bytes()).decode("ascii") for path in tls)
+        tls_secret = [{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                       "metadata": {"name": "gateway-tls", "namespace": ns, "labels": labels},
+                       "data": {"tls.crt": cert, "tls.key": key}}]
+        container.setdefault("volumeMounts", []).append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
     secret: list[dict[str, Any]] = []
     if spec.gateway.token:
         secret = [{"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -171,12 +188,16 @@ def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None 
                    "stringData": {"token": spec.gateway.token}}]
         container.setdefault("env", []).append({"name": TOKEN_ENV, "valueFrom": {
             "secretKeyRef": {"name": "gateway-token", "key": "token"}}})
+    pod = _pod(container, "gateway-config", labels)
+    if tls is not None:
+        pod["spec"]["volumes"].append({"name": "tls", "secret": {"secretName": "gateway-tls", "defaultMode": 0o400}})
     files["gateway.yml"] = [
         *secret,
+        *tls_secret,
         _config_map("gateway-config", ns, labels, ctx.flow_yaml),
         {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
             "replicas": 1, "selector": {"matchLabels": {"app": "gateway"}},
-            "template": _pod(container, "gateway-config", labels)}},
+            "template": pod}},
         {"apiVersion": "v1", "kind": "Service", "metadata": dict(meta), "spec": {
             "type": "ClusterIP", "selector": {"app": "gateway"},
             "ports": [{"name": p, "port": port, "targetPort": port, "protocol": "TCP",
@@ -195,7 +216,7 @@ def to_kubernetes_yaml(spec: FlowSpec, output_base_path: str, k8s_namespace: str
     """
     ctx = build_context(spec, image_prefix=image_prefix, base_dir=base_dir,
                         orchestra_requirement=orchestra_requirement)
-    files = kubernetes_objects(spec, ctx, k8s_namespace)
+    files = kubernetes_objects(spec, ctx, k8s_namespace, base_dir=base_dir)
     out = Path(output_base_path).resolve()
     out.mkdir(parents=True, exist_ok=True)
     texts = []

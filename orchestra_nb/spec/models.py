@@ -166,6 +166,10 @@ class GatewaySpec(_Model):
 
     @model_validator(mode="after")
     def _ports_match(self) -> GatewaySpec:
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            given, missing = (("ssl_certfile", "ssl_keyfile") if self.ssl_certfile else ("ssl_keyfile", "ssl_certfile"))
+            raise ValueError(f"{given} is set but {missing} is not: TLS needs both the certificate chain "
+                             "(ssl_certfile) and its private key (ssl_keyfile), or neither")
         if len(set(self.protocol)) != len(self.protocol):
             raise ValueError(f"protocol lists a protocol twice: {self.protocol}")
         if self.port and len(self.port) != len(self.protocol):

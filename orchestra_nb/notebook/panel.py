@@ -55,6 +55,7 @@ LEVELS = ("ALL", "DEBUG", "INFO", "WARNING", "ERROR")
 _LEVEL_NO = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 _LEVEL_RE = re.compile(r"^\S+\s+(DEBUG|INFO|WARNING|ERROR|CRITICAL)\b")
 _FINAL_STATES = ("closed", "failed")
+_RESTING_STATES = ("created", *_FINAL_STATES)  # nothing changes until start() is called
 
 _panels: weakref.WeakKeyDictionary[Any, Panel] = weakref.WeakKeyDictionary()
 _panels_lock = threading.Lock()
@@ -303,7 +304,7 @@ class Panel:
         try:
             while not self._stop.is_set():
                 # while replicas come up, show their states as they change; then poll the counters
-                self._wake.wait(self.interval if state == "ready" or state in _FINAL_STATES else self.min_gap)
+                self._wake.wait(self.interval if state == "ready" or state in _RESTING_STATES else self.min_gap)
                 self._wake.clear()
                 if self._stop.is_set():
                     break
@@ -317,8 +318,8 @@ class Panel:
                 try:
                     self._watch_progress(orch)
                     now = time.monotonic()
-                    # a closed orchestration's status does not change until it is started again
-                    idle = state in _FINAL_STATES or (state == "ready" and now - last_status < self.interval)
+                    # a created or closed orchestration's status does not change until it is started
+                    idle = state in _RESTING_STATES or (state == "ready" and now - last_status < self.interval)
                     if state != previous or not idle:
                         self.apply(snapshot(orch))
                         last_status = now

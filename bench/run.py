@@ -133,7 +133,10 @@ def bench_footprint() -> dict[str, Any]:
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
-        pids = [int(p) for p in proc.stdout.readline().split()]
+        line = proc.stdout.readline()
+        while line and not (line.split() and all(t.isdigit() for t in line.split())):  # skip other output
+            line = proc.stdout.readline()
+        pids = [int(p) for p in line.split()]
         time.sleep(1.0)  # let the idle processes settle before reading their memory
         rss = {pid: _rss_kb(pid) for pid in pids}
     finally:
@@ -214,7 +217,7 @@ def bench_flow2(n: int, docs_total: int) -> dict[str, Any]:
                            "docs_per_s": round(docs_total / elapsed)}}
 
 
-def bench_arrays() -> dict[str, Any]:
+def bench_arrays(runs_per_size: int) -> dict[str, Any]:
     from bench.executors import Noop
     from orchestra_nb import Deployment, Doc
 
@@ -226,7 +229,7 @@ def bench_arrays() -> dict[str, Any]:
         for size in (100, 10):
             dep.post("/x", docs, request_size=size)
             runs = []
-            for _ in range(3):
+            for _ in range(runs_per_size):
                 t = time.perf_counter()
                 back = dep.post("/x", docs, request_size=size)
                 runs.append(time.perf_counter() - t)
@@ -343,13 +346,14 @@ def main() -> None:
     docs_total = 2000 if args.quick else 10_000
     clients, seconds = (50, 3.0) if args.quick else (200, 30.0)
     os.environ.setdefault("ORCHESTRA_LOG_LEVEL", "WARNING")
+    os.environ.setdefault("ORCHESTRA_QUIET", "1")  # no start-up boxes between the JSON lines (children inherit it)
     cases = {
         "floor_grpc_echo": lambda: bench_floor(n),
         "import": bench_import,
         "deployment": lambda: bench_deployment(n),
         "flow3_start": lambda: bench_flow3_ready(3 if args.quick else 10),
         "flow2": lambda: bench_flow2(n, docs_total),
-        "arrays_100x256x256_f32": bench_arrays,
+        "arrays_100x256x256_f32": lambda: bench_arrays(3 if args.quick else 8),  # best of: ~80 ms a run
         "scale_cpu_bound": bench_scale,
         "idle_footprint_flow2": bench_footprint,
         "concurrent_clients": lambda: bench_concurrency(clients, seconds),

@@ -20,7 +20,7 @@ CASES = {"floor_grpc_echo", "import", "deployment", "flow3_start", "flow2", "arr
 @pytest.mark.timeout(300)
 def test_quick_bench_runs_every_case(tmp_path: Path) -> None:
     out_file = tmp_path / "results.json"
-    env = {**os.environ, "ORCHESTRA_LOG_LEVEL": "WARNING", "ORCHESTRA_QUIET": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in ("ORCHESTRA_LOG_LEVEL", "ORCHESTRA_QUIET")}
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out_file)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=280)
     assert proc.returncode == 0, proc.stderr[-3000:]

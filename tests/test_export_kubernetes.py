@@ -198,3 +198,26 @@ def test_kubernetes_tls_files_must_exist(tmp_path: Path) -> None:
     flow = Flow(name="tls", ssl_certfile="missing-cert.pem", ssl_keyfile="missing-key.pem").add(name="a")
     with pytest.raises(ConfigError, match=r"ssl_certfile='missing-cert.pem': no such file"):
         flow.to_kubernetes_yaml(str(tmp_path / "k8s"))
+
+
+def test_cli_export_finds_tls_files_beside_the_yaml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from orchestra_nb.cli import cli
+    from tests.test_tunnel import self_signed_certificate
+
+    project = tmp_path / "project"
+    project.mkdir()
+    cert, key = self_signed_certificate(project)
+    assert key.name == "key.pem"
+    (project / "flow.yml").write_text("jtype: Flow\nwith:\n  name: tls\n  ssl_certfile: cert.pem\n"
+                                      "  ssl_keyfile: key.pem\nexecutors:\n  - name: a\n")
+    monkeypatch.chdir(tmp_path)  # not the YAML's folder
+    result = CliRunner().invoke(cli, ["export", "kubernetes", str(project / "flow.yml"), "k8s"])
+    assert result.exit_code == 0, result.output
+    objs = _by_kind(_objects(tmp_path / "k8s"))
+    assert base64.b64decode(objs[("Secret", "gateway-tls")]["data"]["tls.crt"]) == cert.read_bytes()
+    key.unlink()
+    result = CliRunner().invoke(cli, ["export", "kubernetes", str(project / "flow.yml"), "k8s2"])
+    assert result.exit_code != 0 and "ssl_keyfile='key.pem': no such file" in result.output
+    assert not (tmp_path / "k8s2").exists()  # nothing half-written

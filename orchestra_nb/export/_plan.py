@@ -142,8 +142,9 @@ def tls_files(spec: FlowSpec, base_dir: str | None = None) -> tuple[Path, Path] 
     found = []
     for option, value in (("ssl_certfile", gw.ssl_certfile), ("ssl_keyfile", gw.ssl_keyfile)):
         path = Path(os.path.expanduser(value))
-        if not path.is_absolute():
-            path = Path(base_dir or os.getcwd()) / path
+        if not path.is_absolute():  # beside the Flow YAML, else where the runtime looks: the working dir
+            beside = Path(base_dir or os.getcwd()) / path
+            path = beside if beside.is_file() or not (Path.cwd() / path).is_file() else Path.cwd() / path
         if not path.is_file():
             raise ConfigError(f"gateway {option}={value!r}: no such file ({path}); the export mounts the "
                               "gateway's certificate and key into its container, so both must exist here")

@@ -411,3 +411,29 @@ def test_tls_needs_both_certificate_and_key() -> None:
         Flow(ssl_certfile="cert.pem")
     with pytest.raises(ConfigError, match="ssl_keyfile is set but ssl_certfile is not"):
         Deployment(uses=Tagger, ssl_keyfile="key.pem")
+
+
+def test_tls_files_are_found_beside_the_yaml_and_a_missing_one_fails_before_any_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestra_nb import Flow
+    from tests.test_tunnel import self_signed_certificate
+
+    project = tmp_path / "project"
+    project.mkdir()
+    cert, key = self_signed_certificate(project)
+    (project / "flow.yml").write_text("jtype: Flow\nwith:\n  name: tls-yaml\n  protocol: [grpc, http]\n"
+                                      "  ssl_certfile: cert.pem\n  ssl_keyfile: key.pem\n"
+                                      "executors:\n  - name: echo\n")
+    monkeypatch.chdir(tmp_path)  # not the YAML's folder
+    f = Flow.load_config(str(project / "flow.yml"))
+    with f:
+        assert f.post("/", [Doc(text="over tls")]).texts == ["over tls"]
+        with Client(port=f.ports["http"], protocol="http", tls=True, ca_file=str(cert)) as client:
+            assert client.post("/", [Doc(text="https")]).texts == ["https"]
+    assert f.flow_spec().gateway.ssl_certfile == "cert.pem"  # the spec keeps what the YAML says
+
+    key.unlink()
+    g = Flow.load_config(str(project / "flow.yml"))
+    with pytest.raises(ConfigError, match=r"ssl_keyfile='key.pem': no such file"):
+        g.start()
+    assert g.pids() == [] and g.state.value != "ready"

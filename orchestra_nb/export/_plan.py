@@ -12,7 +12,6 @@ service), Kubernetes one per shard (the replicas of a shard sit behind one Servi
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,20 +135,8 @@ def tls_files(spec: FlowSpec, base_dir: str | None = None) -> tuple[Path, Path] 
 
     They are never copied into a build context or the Flow YAML: the export mounts them at run time.
     """
-    gw = spec.gateway
-    if not (gw.ssl_certfile and gw.ssl_keyfile):
-        return None
-    found = []
-    for option, value in (("ssl_certfile", gw.ssl_certfile), ("ssl_keyfile", gw.ssl_keyfile)):
-        path = Path(os.path.expanduser(value))
-        if not path.is_absolute():  # beside the Flow YAML, else where the runtime looks: the working dir
-            beside = Path(base_dir or os.getcwd()) / path
-            path = beside if beside.is_file() or not (Path.cwd() / path).is_file() else Path.cwd() / path
-        if not path.is_file():
-            raise ConfigError(f"gateway {option}={value!r}: no such file ({path}); the export mounts the "
-                              "gateway's certificate and key into its container, so both must exist here")
-        found.append(path.resolve())
-    return found[0], found[1]
+    files = spec.gateway.tls_files(base_dir)
+    return None if files is None else (Path(files[0]), Path(files[1]))
 
 
 def volume_target(volume: str) -> tuple[str | None, str]:

@@ -94,6 +94,10 @@ class Orchestration:
             spec = self.flow_spec()
             validate_topology(spec)
             check_start_method()
+            tls = spec.gateway.tls_files(self.base_dir)  # a missing PEM file fails here, before any process
+            if tls is not None:
+                spec = spec.model_copy(update={"gateway": spec.gateway.model_copy(
+                    update={"ssl_certfile": tls[0], "ssl_keyfile": tls[1]})})
             from orchestra_nb.logs import level_from_env
 
             level_from_env()  # a bad ORCHESTRA_LOG_LEVEL fails here, before any process starts

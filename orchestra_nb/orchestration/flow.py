@@ -126,8 +126,9 @@ class Flow(Orchestration):
         return self._spec
 
     def _sync_spec(self) -> None:
+        # only the executors change at run time; the supervisor's gateway has its TLS paths made absolute
         if self._supervisor is not None:
-            self._spec = self._supervisor.spec
+            self._spec = self._spec.model_copy(update={"executors": self._supervisor.spec.executors})
 
     @property
     def executors(self) -> list[ExecutorSpec]:

@@ -183,6 +183,29 @@ class GatewaySpec(_Model):
             return None
         return self.port[self.protocol.index(protocol)] if protocol in self.protocol else None
 
+    def tls_files(self, base_dir: str | None = None) -> tuple[str, str] | None:
+        """The absolute (certificate, key) paths, checked to exist; None without TLS.
+
+        A relative path is looked up beside the Flow YAML (`base_dir`), then in the working directory.
+        """
+        import os
+
+        if not (self.ssl_certfile and self.ssl_keyfile):
+            return None
+        found = []
+        for option, value in (("ssl_certfile", self.ssl_certfile), ("ssl_keyfile", self.ssl_keyfile)):
+            path = os.path.expanduser(value)
+            if not os.path.isabs(path):
+                beside = os.path.join(base_dir or os.getcwd(), path)
+                path = beside if os.path.isfile(beside) or not os.path.isfile(path) else os.path.abspath(path)
+            if not os.path.isfile(path):
+                from orchestra_nb.errors import ConfigError
+
+                raise ConfigError(f"gateway {option}={value!r}: no such file ({path}); give the path of the "
+                                  "PEM file, absolute or relative to the Flow YAML")
+            found.append(os.path.realpath(path))
+        return found[0], found[1]
+
 
 class FlowSpec(_Model):
     """A Flow: a gateway and a DAG of executors."""

@@ -23,7 +23,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -34,6 +33,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from orchestra_nb.runtime.ports import free_port
 from tests.helpers import orchestra_processes, pid_alive, poll_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,12 +51,6 @@ def _missing(what: str) -> NoReturn:
     if os.environ.get("ORCHESTRA_REQUIRE_BROWSER") == "1":
         pytest.fail(f"ORCHESTRA_REQUIRE_BROWSER=1 but {what}")
     pytest.skip(what)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Lab:
@@ -90,7 +84,7 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
         pytest.fail(f"{NOTEBOOK} is missing: the browser test runs the quickstart notebook")
     # a copy, so autosave never writes outputs into the repository's notebook
     shutil.copy(NOTEBOOK, tmp_path / NOTEBOOK.name)
-    port, token = _free_port(), secrets.token_hex(16)
+    port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ)
     for name, sub in [("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
                       ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")]:

@@ -13,13 +13,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from orchestra_nb.runtime.ports import free_port
 from tests.helpers import poll_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,12 +110,6 @@ def _included() -> set[str]:
 def _snippets() -> list[str]:
     return sorted(p.name for p in SNIPPETS.iterdir() if p.is_file() and not p.name.startswith("_")
                   and p.suffix in (".py", ".sh", ".ipy"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -223,7 +217,7 @@ def test_serve_forever_until_sigint(workdir: Path) -> None:
 
 
 def test_ping_script(workdir: Path) -> None:
-    stdout = _run("ping.sh", workdir, GRPC_PORT=str(_free_port()), HTTP_PORT=str(_free_port()))
+    stdout = _run("ping.sh", workdir, GRPC_PORT=str(free_port()), HTTP_PORT=str(free_port()))
     assert "healthy (HTTP 200)" in stdout
 
 

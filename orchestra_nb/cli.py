@@ -236,7 +236,7 @@ def executor(uses: str, context: tuple[str, ...], name: str | None, port: int | 
         _fail(f"no executor named {name!r} in {uses}; its executors: {names}")
     ex = spec.executor(name)
     if port is None:
-        fixed = ex.port if isinstance(ex.port, list) else ([ex.port] if ex.port else [])
+        fixed = ex.fixed_ports()
         index = shard_id * ex.replicas + replica_id
         port = fixed[index] if index < len(fixed) else free_port(host or ex.host)
     cvd = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from orchestra_nb.errors import ConfigError
 from orchestra_nb.spec.models import ExecutorSpec, FlowSpec
@@ -33,7 +32,6 @@ __all__ = [
     "gateway_command",
     "gateway_ports",
     "gpu_request",
-    "tls_files",
     "volume_target",
 ]
 
@@ -128,15 +126,6 @@ def gpu_request(ex: ExecutorSpec, replica: int | None = None) -> tuple[int, list
         ids = [str(g) for g in chosen] if isinstance(chosen, list) else [str(chosen)]
         return len(ids), ids
     return 1, None
-
-
-def tls_files(spec: FlowSpec, base_dir: str | None = None) -> tuple[Path, Path] | None:
-    """The gateway's local (certificate, key) files, checked to exist; None without TLS.
-
-    They are never copied into a build context or the Flow YAML: the export mounts them at run time.
-    """
-    files = spec.gateway.tls_files(base_dir)
-    return None if files is None else (Path(files[0]), Path(files[1]))
 
 
 def volume_target(volume: str) -> tuple[str | None, str]:

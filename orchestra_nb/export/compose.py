@@ -27,7 +27,6 @@ from orchestra_nb.export._plan import (
     gateway_command,
     gateway_ports,
     gpu_request,
-    tls_files,
 )
 from orchestra_nb.export._yaml import dump
 from orchestra_nb.export.context import TOKEN_ENV, BuildContext, build_context, default_build_dir
@@ -104,7 +103,7 @@ def compose_document(spec: FlowSpec, ctx: BuildContext, build_rel: str = ".",
         gateway["environment"] = env
     gateway["ports"] = [f"{port}:{port}" for port in ports.values()]
     gateway["networks"] = [NETWORK]
-    tls = tls_files(spec, base_dir)
+    tls = spec.gateway.tls_files(base_dir)
     if tls is not None:  # the local files, read-only, where the exported YAML points the gateway
         gateway["volumes"] = [f"{tls[0]}:{TLS_CERT}:ro", f"{tls[1]}:{TLS_KEY}:ro"]
         if "http" in ports:  # a self-signed certificate must not fail the check: it does not verify

@@ -32,7 +32,6 @@ from orchestra_nb.export._plan import (
     gateway_command,
     gateway_ports,
     gpu_request,
-    tls_files,
     volume_target,
 )
 from orchestra_nb.export._yaml import dump_all
@@ -150,7 +149,7 @@ def _executor_objects(spec: FlowSpec, ex: ExecutorSpec, ctx: BuildContext, names
 def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None = None,
                        base_dir: str | None = None) -> dict[str, list[dict[str, Any]]]:
     """The objects of the export, per file name."""
-    tls = tls_files(spec, base_dir)
+    tls = spec.gateway.tls_files(base_dir)
     flow = dns_name(spec.name, "Flow name")
     ns = dns_name(namespace, "k8s_namespace") if namespace else flow
     files: dict[str, list[dict[str, Any]]] = {
@@ -176,7 +175,7 @@ def kubernetes_objects(spec: FlowSpec, ctx: BuildContext, namespace: str | None 
     meta = {"name": "gateway", "namespace": ns, "labels": labels}
     tls_secret: list[dict[str, Any]] = []
     if tls is not None:  # a kubernetes.io/tls Secret, mounted where the exported YAML points the gateway
-        cert, key = (base64.b64encode(path.read_bytes()).decode("ascii") for path in tls)
+        cert, key = (base64.b64encode(Path(path).read_bytes()).decode("ascii") for path in tls)
         tls_secret = [{"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
                        "metadata": {"name": "gateway-tls", "namespace": ns, "labels": labels},
                        "data": {"tls.crt": cert, "tls.key": key}}]

@@ -15,6 +15,8 @@ import random
 import socket
 import threading
 
+from orchestra_nb.errors import ConfigError
+
 __all__ = ["check_free", "free_port", "port_range"]
 
 _LOWEST = 20000  # below this sit many well-known services
@@ -35,6 +37,7 @@ def port_range() -> tuple[int, int]:
 
 
 def _bindable(host: str, port: int) -> bool:
+    host = "" if host in ("0.0.0.0", "") else host  # every interface
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         # as gRPC and uvicorn bind: a port whose last connections wait in TIME_WAIT is free to listen on
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -46,7 +49,6 @@ def _bindable(host: str, port: int) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    host = "" if host in ("0.0.0.0", "") else host
     low, high = port_range()
     with _lock:
         if high - low >= 1000:
@@ -56,7 +58,7 @@ def free_port(host: str = "127.0.0.1") -> int:
                     _given.append(port)
                     return port
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
+            sock.bind(("" if host == "0.0.0.0" else host, 0))
             port = int(sock.getsockname()[1])
         _given.append(port)
         return port
@@ -64,9 +66,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def check_free(host: str, port: int, what: str) -> None:
     """Raise a ConfigError naming `what` when `port`, given by the user, cannot be listened on."""
-    from orchestra_nb.errors import ConfigError
-
-    if not _bindable("" if host in ("0.0.0.0", "") else host, port):
+    if not _bindable(host, port):
         raise ConfigError(f"{what} cannot listen on {host}:{port}: the port is in use (another Flow, a "
                           f"previous run of this cell, or another program) or {host!r} is not an address of "
                           f"this machine. Choose another port, or leave the port out and a free one is "

@@ -93,8 +93,7 @@ class Supervisor:
         """Ports the spec fixes must be free before any process starts: a clear error, nothing left."""
         gw = self.spec.gateway
         for ex in self.spec.executors:
-            fixed = ex.port if isinstance(ex.port, list) else ([ex.port] if ex.port else [])
-            for port in fixed[:ex.shards * ex.replicas]:
+            for port in ex.fixed_ports()[:ex.shards * ex.replicas]:
                 check_free(ex.host, port, f"executor {ex.name or 'executor'!r}")
         for protocol in gw.protocol:
             front = gw.port_for(protocol)
@@ -113,7 +112,7 @@ class Supervisor:
         self.addresses = {}
         for ex in self.spec.executors:
             name = ex.name or "executor"
-            fixed = ex.port if isinstance(ex.port, list) else ([ex.port] if ex.port else [])
+            fixed = ex.fixed_ports()
             shards = []
             index = 0
             for _shard in range(ex.shards):

@@ -10,10 +10,13 @@ sent to replicas by value with cloudpickle and saved to YAML as source next to t
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from orchestra_nb.errors import ConfigError
 
 __all__ = ["DeploymentSpec", "ExecutorSpec", "FlowSpec", "GatewaySpec", "Polling", "Protocol"]
 
@@ -116,6 +119,10 @@ class ExecutorSpec(_Model):
             return self.polling
         return self.polling.get(endpoint, self.polling.get("*", "ANY"))
 
+    def fixed_ports(self) -> list[int]:
+        """The ports `port=` gives the replicas, in order (the rest are chosen free)."""
+        return self.port if isinstance(self.port, list) else ([self.port] if self.port else [])
+
     @property
     def uses_label(self) -> str:
         """A printable name for `uses`: the class name or the string given."""
@@ -184,12 +191,11 @@ class GatewaySpec(_Model):
         return self.port[self.protocol.index(protocol)] if protocol in self.protocol else None
 
     def tls_files(self, base_dir: str | None = None) -> tuple[str, str] | None:
-        """The absolute (certificate, key) paths, checked to exist; None without TLS.
+        """The absolute (certificate, key) paths, checked to exist; None without TLS. The export mounts
+        these files and never copies them into a build context or the Flow YAML.
 
         A relative path is looked up beside the Flow YAML (`base_dir`), then in the working directory.
         """
-        import os
-
         if not (self.ssl_certfile and self.ssl_keyfile):
             return None
         found = []
@@ -199,8 +205,6 @@ class GatewaySpec(_Model):
                 beside = os.path.join(base_dir or os.getcwd(), path)
                 path = beside if os.path.isfile(beside) or not os.path.isfile(path) else os.path.abspath(path)
             if not os.path.isfile(path):
-                from orchestra_nb.errors import ConfigError
-
                 raise ConfigError(f"gateway {option}={value!r}: no such file ({path}); give the path of the "
                                   "PEM file, absolute or relative to the Flow YAML")
             found.append(os.path.realpath(path))

@@ -3,14 +3,15 @@
 The port the kernel hands out for `bind(('', 0))` comes from its ephemeral range, the same range it
 takes the local end of every outgoing connection from. Between the parent's probe and the child's own
 bind, any client or gRPC channel on the machine can take that port, and the child fails with "Failed to
-bind". So ports are drawn at random from below the ephemeral range, where the kernel never puts an
-outgoing connection, each checked by binding it, and none handed out twice by one process in a row.
-Only when no such port is found does the kernel choose.
+bind". So ports come from below the ephemeral range, where the kernel never puts an outgoing
+connection, each checked by binding it. Each process walks that range in order from a random start:
+two processes (two notebooks, two test workers) pick the same port only if one's walk catches up with
+the other's, where independent random draws would meet far sooner. Only when no port is found does
+the kernel choose.
 """
 
 from __future__ import annotations
 
-import collections
 import random
 import socket
 import threading
@@ -21,8 +22,7 @@ __all__ = ["check_free", "free_port", "port_range"]
 
 _LOWEST = 20000  # below this sit many well-known services
 _ATTEMPTS = 64
-_random = random.SystemRandom()  # a user's random.seed() must not make two processes pick alike
-_given: collections.deque[int] = collections.deque(maxlen=512)
+_next: int | None = None  # this process's walk; its start comes from the OS, not a seedable generator
 _lock = threading.Lock()
 
 
@@ -49,19 +49,20 @@ def _bindable(host: str, port: int) -> bool:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    global _next
     low, high = port_range()
     with _lock:
         if high - low >= 1000:
+            if _next is None:
+                _next = random.SystemRandom().randrange(low, high)
             for _ in range(_ATTEMPTS):
-                port = _random.randrange(low, high)
-                if port not in _given and _bindable(host, port):
-                    _given.append(port)
+                port = low + (_next - low) % (high - low)
+                _next = port + 1
+                if _bindable(host, port):
                     return port
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("" if host == "0.0.0.0" else host, 0))
-            port = int(sock.getsockname()[1])
-        _given.append(port)
-        return port
+            return int(sock.getsockname()[1])
 
 
 def check_free(host: str, port: int, what: str) -> None:

@@ -31,8 +31,10 @@ def config_error(exc: ValidationError, what: str, known: Iterable[str] = ()) -> 
             close = difflib.get_close_matches(str(e["loc"][-1]), list(known), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             parts.append(f"unknown option {loc!r}{hint}")
+        elif not loc:  # a rule across options: its message says which; the input is all of them
+            parts.append(e["msg"].removeprefix("Value error, "))
         else:
-            parts.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+            parts.append(f"{loc}: {e['msg'].removeprefix('Value error, ')} (got {e.get('input')!r})")
     return ConfigError(f"invalid {what}: " + "; ".join(parts) + " (the options are in docs/yaml-spec.md)")
 
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -239,11 +242,24 @@ def test_executor_defined_in_main_script(tmp_path: Path) -> None:
     assert "RESULT HI!! True" in out.stdout
 
 
-def test_sigkill_of_parent_leaves_no_child(tmp_path: Path) -> None:
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A TMPDIR short enough for Unix socket paths (pytest's own tmp_path can be too long)."""
+    folder = Path(tempfile.mkdtemp(prefix="onb-", dir="/tmp"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_sigkill_of_parent_leaves_no_child(tmp_path: Path, short_tmp: Path) -> None:
     script = tmp_path / "serve.py"
     script.write_text(textwrap.dedent(MAIN_SCRIPT))
+    private_tmp = short_tmp  # where the parent makes its private socket folder
+    errors = open(tmp_path / "stderr.txt", "w")  # closed in finally
     proc = subprocess.Popen([sys.executable, str(script), "hold"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+                            stdout=subprocess.PIPE, stderr=errors, text=True, cwd=tmp_path,
+                            env={**os.environ, "TMPDIR": str(private_tmp)})
     try:
         pids: list[int] = []
         assert proc.stdout is not None
@@ -251,10 +267,12 @@ def test_sigkill_of_parent_leaves_no_child(tmp_path: Path) -> None:
             if line.startswith("PIDS"):
                 pids = [int(p) for p in line.split()[1:]]
                 break
-        assert len(pids) == 3 and all(pid_alive(p) for p in pids)
+        assert len(pids) == 3 and all(pid_alive(p) for p in pids), (tmp_path / "stderr.txt").read_text()[-3000:]
         proc.kill()
         proc.wait(10)
         poll_for(lambda: not [p for p in pids if pid_alive(p)], timeout=5, what="children to exit")
+        # the parent could not remove its socket folder; the replicas did
+        assert list(private_tmp.glob("orchestra-nb-*")) == []
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -263,6 +281,7 @@ def test_sigkill_of_parent_leaves_no_child(tmp_path: Path) -> None:
             proc.stdin.close()
         if proc.stdout:
             proc.stdout.close()
+        errors.close()
 
 
 LIGHT_IMPORT = """
@@ -438,3 +457,35 @@ def test_tls_files_are_found_beside_the_yaml_and_a_missing_one_fails_before_any_
     with pytest.raises(ConfigError, match=r"ssl_keyfile='key.pem': no such file"):
         g.start()
     assert g.pids() == [] and g.state.value != "ready"
+
+
+def test_a_socket_folder_left_by_a_killed_process_is_swept_at_the_next_start(
+        short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that Jupyter kills together with its replicas leaves its private socket folder; the next
+    start, in any process of this user, removes it (and never one whose process still runs)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(10)
+    monkeypatch.setenv("TMPDIR", str(short_tmp))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    stale = short_tmp / f"orchestra-nb-{dead.pid}-abc123"
+    stale.mkdir(mode=0o700)
+    (stale / "r1.sock").write_text("")
+    alive = short_tmp / f"orchestra-nb-{os.getppid()}-def456"
+    alive.mkdir(mode=0o700)
+    with Deployment(uses=Tagger) as dep:
+        assert dep.post("/x", Doc(text="a")).texts == ["a"]
+        assert not stale.exists() and alive.exists()
+        ours = list(short_tmp.glob(f"orchestra-nb-{os.getpid()}-*"))
+        assert len(ours) == 1  # this start's own folder, named after this process
+    assert not ours[0].exists()
+
+
+def test_a_long_temp_folder_still_gets_working_sockets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    long_tmp = tmp_path / ("t" * 80)
+    long_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(long_tmp))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    with Deployment(uses=Tagger, replicas=2) as dep:
+        assert dep.post("/x", [Doc(text="a"), Doc(text="b")]).texts == ["a", "b"]
+        sockets = [a.partition("#")[2] for a in dep._supervisor.addresses["tagger"][0]]
+        assert all(sockets) and all(len(p) < 100 and os.path.exists(p) for p in sockets)

@@ -26,6 +26,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -73,8 +74,10 @@ def _dispatch(message: dict[str, Any]) -> None:
         loop.call_soon_threadsafe(lambda m=message, r=run: asyncio.ensure_future(r(m)))
 
 
-def _watch_lifeline() -> None:
+def _watch_lifeline(socket_path: str | None) -> None:
     """Read control messages (JSON lines from the parent) until EOF; EOF means the parent is gone."""
+    parent = os.getppid()
+
     def watch() -> None:
         with contextlib.suppress(Exception):
             for line in sys.stdin.buffer:
@@ -82,9 +85,32 @@ def _watch_lifeline() -> None:
                     message = json.loads(line)
                     if isinstance(message, dict):
                         _dispatch(message)
+        if socket_path:
+            _tidy_after_parent(parent, socket_path)
         os._exit(0)
 
     threading.Thread(target=watch, name="orchestra-nb-lifeline", daemon=True).start()
+
+
+def _tidy_after_parent(parent: int, socket_path: str) -> None:
+    """A parent that died without closing (SIGKILL, a killed kernel) cannot remove its private socket
+    folder: each replica removes its own socket, and whichever empties the folder removes it too.
+
+    A parent that is alive closes the lifeline only after stopping its children, and removes the folder
+    itself; the kernel closes a dying parent's pipes before it re-parents the children, so wait briefly
+    to tell the two apart.
+    """
+    deadline = time.monotonic() + 0.5
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if os.getppid() == parent:
+        return
+    folder = os.path.dirname(socket_path)
+    with contextlib.suppress(OSError):
+        os.unlink(socket_path)
+    if os.path.basename(folder).startswith("orchestra-nb-"):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)  # only when empty: the last replica out removes it
 
 
 def read_config() -> dict[str, Any]:
@@ -108,7 +134,7 @@ def main() -> None:
     fd = os.environ.pop("ORCHESTRA_STATUS_FD", None)
     status = Status(int(fd) if fd else None)
     if config.get("lifeline", True):
-        _watch_lifeline()
+        _watch_lifeline(config.get("stream_path"))
     with contextlib.suppress(Exception):
         import setproctitle
 

@@ -11,7 +11,9 @@ the gateway stops first (so requests in flight finish), then the workers; SIGTER
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import re
 import shutil
 import sys
 import threading
@@ -58,6 +60,26 @@ def gateway_view(spec: FlowSpec) -> FlowSpec:
     """The spec as the gateway sees it: no user classes, only labels."""
     return spec.model_copy(update={"executors": [
         ex.model_copy(update={"uses": ex.uses_label, "uses_with": {}}) for ex in spec.executors]})
+
+
+_SOCKET_DIR = re.compile(r"orchestra-nb-(\d+)-")
+_LONGEST_SOCKET_ROOT = 60  # + '/orchestra-nb-<pid>-<8 chars>/r<n>.sock' stays under AF_UNIX's limit
+
+
+def _sweep_socket_dirs(root: str) -> None:
+    """Remove the socket folders of orchestrations whose process died before it could (a kernel that
+    Jupyter killed, together with its replicas): nothing else would ever remove them."""
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            match = _SOCKET_DIR.match(entry.name)
+            if match is None or int(match.group(1)) == os.getpid():
+                continue
+            try:
+                os.kill(int(match.group(1)), 0)
+            except ProcessLookupError:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            except OSError:  # alive, someone else's
+                pass
 
 
 class Supervisor:
@@ -107,7 +129,12 @@ class Supervisor:
 
         self._check_fixed_ports()
         if self._socket_dir is None and sys.platform != "win32":
-            self._socket_dir = tempfile.mkdtemp(prefix="orchestra-nb-")  # mode 0700: this user only
+            root = tempfile.gettempdir()
+            if len(root) > _LONGEST_SOCKET_ROOT and os.path.isdir("/tmp"):
+                root = "/tmp"  # a Unix socket's path must fit in about 107 bytes
+            _sweep_socket_dirs(root)
+            # mode 0700: this user only; the pid tells a later sweep whether its owner still runs
+            self._socket_dir = tempfile.mkdtemp(prefix=f"orchestra-nb-{os.getpid()}-", dir=root)
 
         self.addresses = {}
         for ex in self.spec.executors:
@@ -179,12 +206,12 @@ class Supervisor:
 
     def start(self) -> None:
         """Start everything and wait until ready; on failure stop it all and raise."""
-        self.plan()
-        self._make_workers()
-        self._make_gateway()
-        assert self.gateway is not None
-        children = [*self.workers.values(), self.gateway]
-        try:
+        try:  # a plan that fails half way (a device it cannot assign) leaves no socket folder either
+            self.plan()
+            self._make_workers()
+            self._make_gateway()
+            assert self.gateway is not None
+            children = [*self.workers.values(), self.gateway]
             for child in children:
                 if self._closing:
                     raise LifecycleError("closed while starting")
